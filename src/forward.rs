@@ -1,0 +1,333 @@
+//! The streaming forwarder (SPEC §7): hop-by-hop headers removed, `X-Forwarded-*` set, the
+//! client's `Host` and credentials kept, bodies streamed both ways with idle timeouts that
+//! reset on every chunk (never a total timeout: a `git clone` may take an hour), WebSocket
+//! upgrades spliced after the decision.
+
+use crate::config::{Cidr, Config};
+use crate::error::Refusal;
+use crate::forge::{self, BodyError, HttpClient, UpBody};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+/// Headers that describe one hop, never the request (RFC 9110 §7.6.1), plus `Proxy-*`.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "proxy-authenticate",
+];
+
+/// Removes hop-by-hop headers, including those `Connection` names. `Proxy-Authorization` and
+/// every other `proxy-*` header goes too: it is addressed to a proxy, and that proxy is us.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// Whether the peer is a proxy whose `X-Forwarded-For` we extend rather than replace.
+pub fn is_trusted(trusted: &[Cidr], peer: IpAddr) -> bool {
+    trusted.iter().any(|c| c.contains(peer))
+}
+
+/// The address the forge should charge: the peer, or for a trusted proxy the last address it
+/// reports that is not itself a trusted proxy.
+pub fn client_ip(config: &Config, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+    if !is_trusted(&config.trusted_proxies, peer) {
+        return peer;
+    }
+    let mut chain: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    while let Some(last) = chain.pop() {
+        if !is_trusted(&config.trusted_proxies, last) {
+            return last;
+        }
+    }
+    peer
+}
+
+/// Sets `X-Forwarded-For/Proto/Host` (SPEC §7) and restores `Host` for HTTP/2 clients.
+pub fn set_forwarded(
+    config: &Config,
+    headers: &mut HeaderMap,
+    uri: &http::Uri,
+    peer: SocketAddr,
+    tls: bool,
+) {
+    let trusted = is_trusted(&config.trusted_proxies, peer.ip());
+    let xff = if trusted {
+        let prior: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer.ip().to_string()
+        } else {
+            format!("{}, {}", prior.join(", "), peer.ip())
+        }
+    } else {
+        peer.ip().to_string()
+    };
+    headers.remove("x-forwarded-for");
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !(trusted && headers.contains_key("x-forwarded-proto")) {
+        let proto = if tls { "https" } else { "http" };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+    if headers.get(header::HOST).is_none() {
+        // HTTP/2 carries the host in :authority; the forge expects it in Host.
+        if let Some(a) = uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+    }
+    if !(trusted && headers.contains_key("x-forwarded-host")) {
+        if let Some(host) = headers.get(header::HOST).cloned() {
+            headers.insert("x-forwarded-host", host);
+        }
+    }
+}
+
+/// True for an HTTP/1.1 `Upgrade: websocket` request (Kubernetes agent, web terminals).
+pub fn is_websocket_upgrade(req_headers: &HeaderMap, version: http::Version) -> bool {
+    version == http::Version::HTTP_11
+        && req_headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// An allowed request, ready to go upstream.
+pub struct Outbound {
+    pub parts: http::request::Parts,
+    pub body: UpBody,
+    /// `path?query` to send (the raw one, or the registry's rebuilt query).
+    pub path_and_query: String,
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// Set when the client asked for a WebSocket upgrade: its half of the upgraded connection.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// Sends the request to the forge and streams the answer back.
+pub async fn forward(
+    config: &Config,
+    client: &HttpClient,
+    out: Outbound,
+) -> Result<Response<UpBody>, Refusal> {
+    let Outbound {
+        mut parts,
+        body,
+        path_and_query,
+        peer,
+        tls,
+        upgrade,
+    } = out;
+    let uri =
+        forge::upstream_uri(config, &path_and_query).map_err(|_| Refusal::BadRequest("uri"))?;
+    let websocket = upgrade.is_some();
+    let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    set_forwarded(config, &mut parts.headers, &parts.uri, peer, tls);
+    if websocket {
+        if let Some(v) = upgrade_value {
+            parts.headers.insert(header::UPGRADE, v);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = parts.headers;
+    // The client may speak HTTP/2 to us; the pool picks the upstream protocol itself.
+    *req.version_mut() = http::Version::HTTP_11;
+
+    let sent = tokio::time::timeout(config.limits.upstream_response_timeout, client.request(req));
+    let mut resp = match sent.await {
+        Err(_) => return Err(Refusal::GatewayTimeout),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, connect = e.is_connect(), "forwarding failed");
+            return Err(Refusal::BadGateway);
+        }
+        Ok(Ok(resp)) => resp,
+    };
+
+    if websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = upgrade {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_side, upstream_side) {
+                    Ok((c, u)) => {
+                        let mut c = TokioIo::new(c);
+                        let mut u = TokioIo::new(u);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            tracing::debug!(error = %e, "upgraded connection ended");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+        let (mut head, _) = resp.into_parts();
+        let upgrade_header = head.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut head.headers);
+        if let Some(v) = upgrade_header {
+            head.headers.insert(header::UPGRADE, v);
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return Ok(Response::from_parts(head, forge::empty()));
+    }
+
+    let (mut head, body) = resp.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    let body = IdleTimeout::new(body, config.limits.idle_timeout)
+        .map_err(|e| -> BodyError { e })
+        .boxed();
+    Ok(Response::from_parts(head, body))
+}
+
+/// A body that fails when no frame arrives for `idle`; the timer resets on every frame, so a
+/// long transfer that keeps moving is never cut.
+pub struct IdleTimeout<B> {
+    inner: B,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, idle: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("stream idle for longer than the idle timeout")]
+pub struct IdleElapsed;
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let idle = this.idle;
+                this.timer.as_mut().reset(Instant::now() + idle);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleElapsed)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client's body as an upstream body, streamed with the idle timeout.
+pub fn stream_body(body: hyper::body::Incoming, idle: Duration) -> UpBody {
+    IdleTimeout::new(body, idle).boxed()
+}
+
+/// Reads a parameter-bearing body whole, up to `limit` bytes, for inspection.
+pub async fn read_limited(
+    body: hyper::body::Incoming,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, Refusal> {
+    let timed = IdleTimeout::new(body, idle);
+    match http_body_util::Limited::new(timed, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::PayloadTooLarge),
+        Err(_) => Err(Refusal::BadRequest("body")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_what_connection_lists() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("job-token", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["job-token"]);
+    }
+}

@@ -1,0 +1,135 @@
+//! Tracing setup and masking. Token values never reach a log line: credentials travel as
+//! [`crate::secret::Secret`], and the request path and query are masked before they are
+//! logged (sensitive parameter values, and any candidate value wherever it occurs).
+
+use crate::config::LogFormat;
+use crate::secret::Secret;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber: `RUST_LOG` if set, else `info`. Idempotent (a second call
+/// is a no-op), so tests and the demo can call it freely.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+pub const MASK: &str = "[MASKED]";
+
+/// Query parameters whose values are credentials whatever they look like (base names, as
+/// Rack reads them: `job_token[]` is `job_token`).
+const SENSITIVE_PARAMS: [&str; 7] = [
+    "job_token",
+    "token",
+    "access_token",
+    "bearer_token",
+    "private_token",
+    "password",
+    "offline_token",
+];
+
+fn base_name(key: &str) -> &str {
+    let key = key.trim_start_matches(['[', ']']);
+    let end = key.find(['[', ']']).unwrap_or(key.len());
+    &key[..end]
+}
+
+/// `path?query` with every credential masked: values of sensitive parameters (matched on the
+/// decoded key), values containing `glcbt-`, and every occurrence of a known candidate value
+/// (raw or percent-encoded) anywhere in the path or query.
+pub fn mask_target(path_and_query: &str, candidates: &[&Secret]) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut out = String::with_capacity(path_and_query.len());
+    out.push_str(path);
+    if let Some(q) = query {
+        out.push('?');
+        let mut first = true;
+        for piece in q.split_inclusive(['&', ';']) {
+            let (body, sep) = match piece.char_indices().last() {
+                Some((i, c)) if c == '&' || c == ';' => (&piece[..i], &piece[i..]),
+                _ => (piece, ""),
+            };
+            let _ = first;
+            first = false;
+            let (key, value) = match body.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (body, None),
+            };
+            let decoded_key = percent_encoding::percent_decode_str(&key.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
+            let decoded_value = value.map(|v| {
+                percent_encoding::percent_decode_str(&v.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .to_ascii_lowercase()
+            });
+            let sensitive = SENSITIVE_PARAMS
+                .iter()
+                .any(|s| base_name(decoded_key.trim()).eq_ignore_ascii_case(s))
+                || decoded_value
+                    .as_deref()
+                    .is_some_and(|v| v.contains("glcbt-"));
+            out.push_str(key);
+            if let Some(v) = value {
+                out.push('=');
+                out.push_str(if sensitive && !v.is_empty() { MASK } else { v });
+            }
+            out.push_str(sep);
+        }
+    }
+    mask_values(&out, candidates)
+}
+
+/// Replaces every occurrence of each candidate (raw, and percent-encoded as a client would
+/// send it) in `text`.
+pub fn mask_values(text: &str, candidates: &[&Secret]) -> String {
+    let mut out = text.to_owned();
+    for c in candidates {
+        let raw = c.expose();
+        if raw.len() < 4 {
+            // Masking a two-letter "token" would shred the line and protect nothing.
+            continue;
+        }
+        if out.contains(raw) {
+            out = out.replace(raw, MASK);
+        }
+        let encoded =
+            percent_encoding::utf8_percent_encode(raw, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        if encoded != raw && out.contains(&encoded) {
+            out = out.replace(&encoded, MASK);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_sensitive_params_and_candidates() {
+        let s = Secret::new("glcbt-64_abcdef");
+        let masked = mask_target(
+            "/api/v4/projects/1/x?job_token=abc;ref=main&private%5Ftoken=zz&q=glcbt-64_abcdef&token[]=t",
+            &[&s],
+        );
+        assert_eq!(
+            masked,
+            "/api/v4/projects/1/x?job_token=[MASKED];ref=main&private%5Ftoken=[MASKED]&q=[MASKED]&token[]=[MASKED]"
+        );
+        let other = Secret::new("sekrit-value-123");
+        assert_eq!(
+            mask_target("/a/sekrit-value-123/b?x=sekrit%2Dvalue%2D123", &[&other]),
+            "/a/[MASKED]/b?x=[MASKED]"
+        );
+    }
+}

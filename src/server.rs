@@ -1,0 +1,336 @@
+//! Listeners, TLS, HTTP/1.1 and HTTP/2, connection limits, graceful shutdown.
+//!
+//! `start` binds the proxy (and admin) listeners and returns a [`Running`] handle; the binary,
+//! the demo, the tests and the benches all start scopegate through it. Shutdown: readiness
+//! turns 503, the listeners stop accepting, in-flight requests finish (bounded by
+//! [`DRAIN_TIMEOUT`]), then `Running::shutdown` returns.
+
+use crate::admin::{self, Metrics};
+use crate::config::Config;
+use crate::forge;
+use crate::gate::Gate;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+/// How long in-flight requests may run on after shutdown begins.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read TLS {what} {path}: {source}")]
+    TlsFile {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("TLS {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Client(#[from] forge::ClientError),
+    #[error("cannot open auth log: {0}")]
+    AuthLog(std::io::Error),
+}
+
+/// The live configuration generation; swapped whole on reload, read once per request.
+pub type SharedGate = Arc<RwLock<Arc<Gate>>>;
+
+/// A started gateway.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    gate: SharedGate,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Readiness → 503, stop accepting, let in-flight requests finish (bounded), return.
+    pub async fn shutdown(self) {
+        self.metrics.ready.store(false, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Installs a new configuration for every request that starts from now on; requests in
+    /// flight finish on the generation they started with. The listeners stay as they are
+    /// (changing `listen`, `tls` or `admin` needs a restart).
+    pub fn reload(&self, config: Config) -> Result<(), ServeError> {
+        let gate = build_gate(Arc::new(config), self.metrics.clone())?;
+        if let Ok(mut slot) = self.gate.write() {
+            *slot = Arc::new(gate);
+        }
+        self.metrics
+            .config_generation
+            .fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        current(&self.gate).config.clone()
+    }
+}
+
+fn build_gate(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Gate, ServeError> {
+    let client = forge::build_client(&config)?;
+    Gate::new(config, client, metrics).map_err(ServeError::AuthLog)
+}
+
+fn current(gate: &SharedGate) -> Arc<Gate> {
+    match gate.read() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Binds the listeners and starts serving.
+pub async fn start(config: Config) -> Result<Running, ServeError> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let gate: SharedGate = Arc::new(RwLock::new(Arc::new(build_gate(
+        config.clone(),
+        metrics.clone(),
+    )?)));
+    metrics.config_generation.store(1, Ordering::SeqCst);
+    let tls = match &config.tls {
+        Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
+        None => None,
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let mut admin_addr = None;
+    if let Some(admin) = &config.admin {
+        let admin_listener =
+            TcpListener::bind(admin.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: admin.listen,
+                    source,
+                })?;
+        admin_addr = admin_listener.local_addr().ok();
+        tasks.push(tokio::spawn(serve_admin(
+            admin_listener,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+
+    tasks.push(tokio::spawn(serve_proxy(
+        listener,
+        gate.clone(),
+        config.clone(),
+        tls,
+        metrics.clone(),
+        shutdown_rx.clone(),
+    )));
+
+    // Expired cache entries are dropped in the background so one-off junk tokens cannot
+    // grow the caches without bound.
+    let purge_gate = gate.clone();
+    let mut purge_rx = shutdown_rx;
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => current(&purge_gate).purge_caches(),
+                _ = purge_rx.changed() => return,
+            }
+        }
+    }));
+    tracing::info!(%addr, upstream = %config.upstream.url, mode = ?config.mode, "scopegate listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        metrics,
+        gate,
+        shutdown,
+        tasks,
+    })
+}
+
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    let read = |what: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ServeError::TlsFile {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let cert_pem = read("certificate", cert)?;
+    let key_pem = read("key", key)?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServeError::Tls(format!("certificate {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls(format!(
+            "certificate {}: no certificate found",
+            cert.display()
+        )));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| ServeError::Tls(format!("key {}: {e}", key.display())))?
+        .ok_or_else(|| ServeError::Tls(format!("key {}: no private key found", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.limits.header_read_timeout)
+        .max_buf_size(config.limits.max_request_head.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.limits.max_request_head).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(config.limits.idle_timeout))
+        .keep_alive_timeout(config.limits.idle_timeout);
+    builder
+}
+
+async fn serve_proxy(
+    listener: TcpListener,
+    gate: SharedGate,
+    config: Arc<Config>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = Arc::new(connection_builder(&config));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(config.limits.max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: log, and keep serving the connections we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gate = gate.clone();
+        let builder = builder.clone();
+        let metrics = metrics.clone();
+        let tls = tls.clone();
+        let handshake_timeout = config.limits.header_read_timeout;
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            metrics.open_connections.fetch_add(1, Ordering::Relaxed);
+            let is_tls = tls.is_some();
+            let service = service_fn(move |req| {
+                let gate = current(&gate);
+                async move { Ok::<_, std::convert::Infallible>(gate.handle(req, peer, is_tls).await) }
+            });
+            let result = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout: closing remaining connections");
+    }
+}
+
+async fn serve_admin(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+            _ = shutdown.changed() => break,
+        };
+        let metrics = metrics.clone();
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let resp = admin::respond(&metrics, req.uri().path());
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            }),
+        );
+        let fut = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = fut.await;
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+}

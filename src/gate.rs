@@ -339,7 +339,7 @@ impl Gate {
         }
         let prefix = self.config.instance_prefix.as_str();
         let lookups = ctx.candidates.iter().map(|c| async move {
-            if credentials::is_known_non_job(c.expose(), prefix) {
+            if credentials::is_known_non_job(c.expose(), prefix) || cannot_be_issued(c.expose()) {
                 return Ok((c.clone(), Lookup::NotJob));
             }
             self.jobs.lookup(c, client_ip).await.map(|l| (c.clone(), l))
@@ -748,6 +748,14 @@ fn one_value<'a>(
             Refusal::BadRequest("parameter"),
         )),
     }
+}
+
+/// A value with whitespace or a control character in it is no token the forge issued (job
+/// tokens are `[A-Za-z0-9_.-]`): such candidates (a whole `Basic …` header, say) are "not a
+/// job token" without a look-up. The narrower candidates of the same credential (its last
+/// word, its password, every `glcbt-` substring) are still looked up.
+fn cannot_be_issued(value: &str) -> bool {
+    value.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn distinct_candidates(creds: &[Credential]) -> Vec<Secret> {

@@ -9,7 +9,15 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber: `RUST_LOG` if set, else `info`. Idempotent (a second call
 /// is a no-op), so tests and the demo can call it freely.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The HTTP/2 and TLS libraries trace decoded frames at debug/trace level, which can
+    // include header values (credentials). They stay at info whatever RUST_LOG asks; every
+    // other target follows RUST_LOG.
+    for directive in ["h2=info", "hyper=info", "rustls=info", "tokio_rustls=info"] {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -51,14 +59,11 @@ pub fn mask_target(path_and_query: &str, candidates: &[&Secret]) -> String {
     out.push_str(path);
     if let Some(q) = query {
         out.push('?');
-        let mut first = true;
         for piece in q.split_inclusive(['&', ';']) {
             let (body, sep) = match piece.char_indices().last() {
                 Some((i, c)) if c == '&' || c == ';' => (&piece[..i], &piece[i..]),
                 _ => (piece, ""),
             };
-            let _ = first;
-            first = false;
             let (key, value) = match body.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
                 None => (body, None),

@@ -28,6 +28,9 @@ enum Command {
     Check {
         #[arg(long, short, default_value = "proxy.yaml")]
         config: PathBuf,
+        /// Also check every configured id/path pair against the forge.
+        #[arg(long)]
+        forge: bool,
     },
     /// Start a demo forge with sample projects and tokens, and scopegate in front of it.
     Demo,
@@ -46,9 +49,12 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config, forge } => match Config::load(&config) {
             Ok(c) => {
                 print!("{}", c.summary());
+                if forge {
+                    return runtime.block_on(check_forge(c));
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -92,4 +98,46 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// `check --forge`: every configured id must exist at the forge under the configured path.
+async fn check_forge(config: Config) -> ExitCode {
+    let config = std::sync::Arc::new(config);
+    let client = match scopegate::forge::build_client(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("scopegate: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let resolver = scopegate::resolve::Resolver::new(client, config.clone());
+    let mut problems = 0;
+    for p in &config.projects {
+        match resolver
+            .forge_project(&scopegate::config::Ref::Id(p.id))
+            .await
+        {
+            Ok(Some(found)) => match &p.path {
+                Some(path) if *path != found.path => {
+                    problems += 1;
+                    println!("MISMATCH project {}: config says {path}, the forge says {}", p.id, found.path);
+                }
+                _ => println!("ok       project {} = {}", p.id, found.path),
+            },
+            Ok(None) => {
+                problems += 1;
+                let hint = if resolver.has_service_token() { "" } else { " (without a service token only public projects are visible)" };
+                println!("MISSING  project {}: not found at the forge{hint}", p.id);
+            }
+            Err(e) => {
+                eprintln!("scopegate: forge look-up failed: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
 }

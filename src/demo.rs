@@ -209,27 +209,35 @@ pub async fn run_demo() -> Result<(), BoxError> {
             .map_err(|e| format!("SCOPEGATE_DEMO_LISTEN={v:?} is not an address: {e}"))?,
         Err(_) => DEFAULT_LISTEN.parse::<SocketAddr>()?,
     };
+    // Before the banner: a Ctrl-C or SIGTERM as soon as the commands are printed must stop
+    // the demo cleanly (removing its files), not kill it.
+    let stop_signal = stop_signal()?;
     let demo = Demo::start(listen).await?;
     println!("{}", demo.banner());
-    let waited = wait_for_stop_signal().await;
+    let waited = stop_signal.await;
     demo.stop().await;
     waited?;
     Ok(())
 }
 
-async fn wait_for_stop_signal() -> std::io::Result<()> {
+/// Installs the Ctrl-C and SIGTERM handlers now (a signal that arrives before the wait begins
+/// is kept, not fatal) and returns the wait for either.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => Ok(()),
+                _ = term.recv() => Ok(()),
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await
+        Ok(tokio::signal::ctrl_c())
     }
 }
 

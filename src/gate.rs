@@ -85,7 +85,7 @@ impl Gate {
             None => None,
         };
         Ok(Gate {
-            jobs: JobResolver::new(client.clone(), config.clone()),
+            jobs: JobResolver::new(client.clone(), config.clone(), metrics.clone()),
             resolver: Resolver::new(client.clone(), config.clone()),
             config,
             client,
@@ -156,6 +156,18 @@ impl Gate {
         // Phase: extract.
         let head_path =
             canonical::canonicalize(&raw_path, root, false).map_err(|r| refuse(ctx, r))?;
+        // SPEC §3 covers the whole request-target: the query too must be visible ASCII, and
+        // an absolute-form target must not carry userinfo.
+        let bad_query = query
+            .as_deref()
+            .is_some_and(|q| q.bytes().any(|b| !(0x21..=0x7e).contains(&b)));
+        let userinfo = parts
+            .uri
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'));
+        if bad_query || userinfo {
+            return Err(refuse(ctx, Reject::BadRequest("request-target")));
+        }
         let mut creds = credentials::from_headers(&parts.headers);
         let query_params = query
             .as_deref()

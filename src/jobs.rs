@@ -5,6 +5,7 @@
 //! finished job is as definitive as "not a job token" and shares its TTL), never caches a
 //! failure, and makes concurrent first requests for one token share a single look-up.
 
+use crate::admin::Metrics;
 use crate::config::Config;
 use crate::forge::{self, HttpClient, LookupFailure};
 use crate::secret::Secret;
@@ -46,6 +47,8 @@ pub struct JobResolver {
     client: HttpClient,
     config: Arc<Config>,
     slots: Arc<DashMap<[u8; 32], Slot>>,
+    /// Counts every `GET /api/v4/job` sent (`scopegate_job_lookups_total`).
+    metrics: Arc<Metrics>,
 }
 
 /// Candidates longer than this are no GitLab token (job tokens are under 100 characters;
@@ -54,11 +57,12 @@ pub struct JobResolver {
 pub const MAX_CANDIDATE_LEN: usize = 4096;
 
 impl JobResolver {
-    pub fn new(client: HttpClient, config: Arc<Config>) -> Self {
+    pub fn new(client: HttpClient, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         JobResolver {
             client,
             config,
             slots: Arc::new(DashMap::new()),
+            metrics,
         }
     }
 
@@ -111,6 +115,9 @@ impl JobResolver {
         let client = self.client.clone();
         let config = self.config.clone();
         let slots = self.slots.clone();
+        self.metrics
+            .job_lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let task = tokio::spawn(async move {
             let result = fetch_job(&client, &config, token, client_ip).await;
             let now = Instant::now();

@@ -18,8 +18,11 @@ pub fn init(format: LogFormat) {
             filter = filter.add_directive(d);
         }
     }
+    // Colours only on a terminal: piped into journald, docker or a file they would be noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -40,6 +43,21 @@ const SENSITIVE_PARAMS: [&str; 7] = [
     "password",
     "offline_token",
 ];
+
+/// Whether a parameter's value is masked whatever it looks like: the names GitLab reads
+/// credentials from, and, as GitLab's own `filter_parameters` does, any name that says
+/// `token`, `password` or `secret` (`CI_JOB_TOKEN=`, `private-token=`, `runner_token=`):
+/// scopegate cannot tell a prefix-less token from other text by its value.
+fn sensitive_key(decoded_key: &str) -> bool {
+    let key = decoded_key.trim();
+    let lower = key.to_ascii_lowercase();
+    SENSITIVE_PARAMS
+        .iter()
+        .any(|s| base_name(key).eq_ignore_ascii_case(s))
+        || ["token", "password", "secret"]
+            .iter()
+            .any(|word| lower.contains(word))
+}
 
 fn base_name(key: &str) -> &str {
     let key = key.trim_start_matches(['[', ']']);
@@ -76,9 +94,7 @@ pub fn mask_target(path_and_query: &str, candidates: &[&Secret]) -> String {
                     .decode_utf8_lossy()
                     .to_ascii_lowercase()
             });
-            let sensitive = SENSITIVE_PARAMS
-                .iter()
-                .any(|s| base_name(decoded_key.trim()).eq_ignore_ascii_case(s))
+            let sensitive = sensitive_key(&decoded_key)
                 || decoded_value
                     .as_deref()
                     .is_some_and(|v| v.contains("glcbt-"));
@@ -93,8 +109,9 @@ pub fn mask_target(path_and_query: &str, candidates: &[&Secret]) -> String {
     mask_values(&out, candidates)
 }
 
-/// Replaces every occurrence of each candidate (raw, and percent-encoded as a client would
-/// send it) in `text`.
+/// Replaces every occurrence of each candidate in `text`, however its characters are
+/// percent-encoded: raw, wholly encoded, or any mix (`%4A` or `%4a` for `J`), since any of
+/// these spellings reads back as the token.
 pub fn mask_values(text: &str, candidates: &[&Secret]) -> String {
     let mut out = text.to_owned();
     for c in candidates {
@@ -103,17 +120,51 @@ pub fn mask_values(text: &str, candidates: &[&Secret]) -> String {
             // Masking a two-letter "token" would shred the line and protect nothing.
             continue;
         }
-        if out.contains(raw) {
-            out = out.replace(raw, MASK);
-        }
-        let encoded =
-            percent_encoding::utf8_percent_encode(raw, percent_encoding::NON_ALPHANUMERIC)
-                .to_string();
-        if encoded != raw && out.contains(&encoded) {
-            out = out.replace(&encoded, MASK);
-        }
+        out = mask_spellings(&out, raw.as_bytes());
     }
     out
+}
+
+fn mask_spellings(text: &str, needle: &[u8]) -> String {
+    let t = text.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(t.len());
+    let mut i = 0;
+    while i < t.len() {
+        match spelled_at(t, i, needle) {
+            Some(end) => {
+                out.extend_from_slice(MASK.as_bytes());
+                i = end;
+            }
+            None => {
+                out.push(t[i]);
+                i += 1;
+            }
+        }
+    }
+    // Matches start and end on character boundaries (a needle is whole UTF-8 characters, and
+    // an escape is ASCII), so this is lossless.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The end of `needle` spelled at `t[i..]` with any of its bytes as `%XX`, if it is there.
+fn spelled_at(t: &[u8], mut i: usize, needle: &[u8]) -> Option<usize> {
+    let hex = |b: Option<&u8>| b.and_then(|&b| char::from(b).to_digit(16));
+    for &want in needle {
+        let b = *t.get(i)?;
+        if b == want {
+            i += 1;
+        } else if b == b'%' {
+            let (h, l) = (hex(t.get(i + 1))?, hex(t.get(i + 2))?);
+            // Both digits are below 16: the byte cannot overflow.
+            if (h * 16 + l) as u8 != want {
+                return None;
+            }
+            i += 3;
+        } else {
+            return None;
+        }
+    }
+    Some(i)
 }
 
 #[cfg(test)]
@@ -136,5 +187,27 @@ mod tests {
             mask_target("/a/sekrit-value-123/b?x=sekrit%2Dvalue%2D123", &[&other]),
             "/a/[MASKED]/b?x=[MASKED]"
         );
+    }
+
+    #[test]
+    fn masks_every_spelling_and_token_named_parameters() {
+        let s = Secret::new("LegacyToken123");
+        assert_eq!(
+            mask_target(
+                "/a/Legacy%54oken123/b?ref=%4c%65gacyToken123&x=1&y=Legacy%2",
+                &[&s]
+            ),
+            "/a/[MASKED]/b?ref=[MASKED]&x=1&y=Legacy%2"
+        );
+        assert_eq!(
+            mask_target(
+                "/p?CI_JOB_TOKEN=abc&private-token=def&runner%5Ftoken=g&Secret_Key=h&tokenish=&scope=x",
+                &[]
+            ),
+            "/p?CI_JOB_TOKEN=[MASKED]&private-token=[MASKED]&runner%5Ftoken=[MASKED]&Secret_Key=[MASKED]&tokenish=&scope=x"
+        );
+        // Non-ASCII text around a masked value survives.
+        let t = Secret::new("tok-é-1234");
+        assert_eq!(mask_values("ä tok-%C3%A9-1234 ü", &[&t]), "ä [MASKED] ü");
     }
 }

@@ -87,6 +87,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(path: PathBuf, config: Config) -> ExitCode {
+    // Before listening, so a SIGTERM or SIGHUP sent as soon as the port answers is handled
+    // rather than killing the process.
+    let triggers = scopegate::reload::Triggers::install(&path);
     let running = match scopegate::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -94,7 +97,7 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    scopegate::reload::until_shutdown(&running, &path).await;
+    triggers.until_shutdown(&running).await;
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;
     ExitCode::SUCCESS
@@ -120,13 +123,20 @@ async fn check_forge(config: Config) -> ExitCode {
             Ok(Some(found)) => match &p.path {
                 Some(path) if *path != found.path => {
                     problems += 1;
-                    println!("MISMATCH project {}: config says {path}, the forge says {}", p.id, found.path);
+                    println!(
+                        "MISMATCH project {}: config says {path}, the forge says {}",
+                        p.id, found.path
+                    );
                 }
                 _ => println!("ok       project {} = {}", p.id, found.path),
             },
             Ok(None) => {
                 problems += 1;
-                let hint = if resolver.has_service_token() { "" } else { " (without a service token only public projects are visible)" };
+                let hint = if resolver.has_service_token() {
+                    ""
+                } else {
+                    " (without a service token only public projects are visible)"
+                };
                 println!("MISSING  project {}: not found at the forge{hint}", p.id);
             }
             Err(e) => {

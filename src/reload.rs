@@ -27,21 +27,53 @@ pub fn reload(running: &Running, path: &Path) -> bool {
     }
 }
 
-/// Serves reloads until SIGTERM or SIGINT (Ctrl-C) arrives.
+/// Serves reloads until SIGTERM or SIGINT (Ctrl-C) arrives. Signals that arrive before this
+/// is called are not handled: prefer [`Triggers::install`] before the gateway starts.
 pub async fn until_shutdown(running: &Running, path: &Path) {
-    let (tx, mut changed) = mpsc::unbounded_channel::<()>();
-    let _watcher = watch_file(path, tx);
-    let mut hup = signal(tokio::signal::unix::SignalKind::hangup());
-    let mut term = signal(tokio::signal::unix::SignalKind::terminate());
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return,
-            _ = recv(&mut term) => return,
-            _ = recv(&mut hup) => { reload(running, path); }
-            Some(()) = changed.recv() => {
-                // Editors write in several steps; coalesce a burst of events into one reload.
-                while changed.try_recv().is_ok() {}
-                reload(running, path);
+    Triggers::install(path).until_shutdown(running).await
+}
+
+/// What stops or reloads a running gateway: SIGTERM, SIGINT, SIGHUP and changes to the config
+/// file. Install it *before* the gateway starts listening: until the handlers exist, SIGTERM
+/// and SIGHUP keep their default action (the process dies, with no drain), and a change to
+/// the file goes unnoticed. Signals that arrive between `install` and `until_shutdown` are
+/// kept and acted on.
+pub struct Triggers {
+    path: PathBuf,
+    hup: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+    changed: mpsc::UnboundedReceiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Triggers {
+    /// Installs the signal handlers and the file watcher for `path` (needs a Tokio runtime).
+    pub fn install(path: &Path) -> Triggers {
+        use tokio::signal::unix::SignalKind;
+        let (tx, changed) = mpsc::unbounded_channel::<()>();
+        Triggers {
+            path: path.to_path_buf(),
+            hup: signal(SignalKind::hangup()),
+            term: signal(SignalKind::terminate()),
+            int: signal(SignalKind::interrupt()),
+            changed,
+            _watcher: watch_file(path, tx),
+        }
+    }
+
+    /// Serves reloads until SIGTERM or SIGINT (Ctrl-C) arrives.
+    pub async fn until_shutdown(mut self, running: &Running) {
+        loop {
+            tokio::select! {
+                _ = recv(&mut self.int) => return,
+                _ = recv(&mut self.term) => return,
+                _ = recv(&mut self.hup) => { reload(running, &self.path); }
+                Some(()) = self.changed.recv() => {
+                    // Editors write in several steps; coalesce a burst of events into one reload.
+                    while self.changed.try_recv().is_ok() {}
+                    reload(running, &self.path);
+                }
             }
         }
     }

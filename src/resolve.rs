@@ -141,9 +141,12 @@ impl Resolver {
             let mut visibility = c.visibility;
             if visibility != Visibility::Private {
                 // The forge's answer wins when it is stricter: a project the config calls
-                // public that an anonymous look-up cannot see is not public.
+                // public that an anonymous look-up cannot see is not public. An internal
+                // project is never visible anonymously (GitLab shows it to signed-in users
+                // only), so not finding it agrees with the config rather than refuting it.
                 visibility = match self.forge_project(&Ref::Id(c.id)).await? {
                     Some(f) => visibility.min(f.visibility),
+                    None if visibility == Visibility::Internal => Visibility::Internal,
                     None => Visibility::Private,
                 };
             }

@@ -122,6 +122,10 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         source,
     })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // The admin listener outlives the proxy's drain, so a load balancer asking /readyz hears
+    // 503 (not a refused connection) while in-flight requests finish: it stops once this
+    // sender, held by the proxy task, is dropped.
+    let (proxy_done, proxy_done_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
     let mut admin_addr = None;
@@ -137,18 +141,22 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         tasks.push(tokio::spawn(serve_admin(
             admin_listener,
             metrics.clone(),
-            shutdown_rx.clone(),
+            proxy_done_rx,
         )));
     }
 
-    tasks.push(tokio::spawn(serve_proxy(
+    let proxy = serve_proxy(
         listener,
         gate.clone(),
         config.clone(),
         tls,
         metrics.clone(),
         shutdown_rx.clone(),
-    )));
+    );
+    tasks.push(tokio::spawn(async move {
+        proxy.await;
+        drop(proxy_done);
+    }));
 
     // Expired cache entries are dropped in the background so one-off junk tokens cannot
     // grow the caches without bound.

@@ -22,9 +22,11 @@ fn pki() -> Pki {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).expect("ca cert");
     let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf_params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("leaf params");
-    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).expect("leaf cert");
+    let leaf_params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("leaf params");
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf cert");
     Pki {
         ca_pem: ca.pem(),
         cert_pem: leaf.pem(),
@@ -61,7 +63,10 @@ async fn tls_listener_negotiates_h2_and_h1_and_decides_the_same() {
     let h = Harness::with(opts).await;
     let base = format!("https://127.0.0.1:{}", h.gw.addr.port());
 
-    for (h2, version) in [(true, reqwest::Version::HTTP_2), (false, reqwest::Version::HTTP_11)] {
+    for (h2, version) in [
+        (true, reqwest::Version::HTTP_2),
+        (false, reqwest::Version::HTTP_11),
+    ] {
         h.forge.clear();
         let c = client(&pki.ca_pem, h2);
         let allowed = c
@@ -72,7 +77,10 @@ async fn tls_listener_negotiates_h2_and_h1_and_decides_the_same() {
             .expect("allowed request");
         assert_eq!(allowed.version(), version);
         let rec = h.assert_forwarded(allowed).await;
-        assert_eq!(rec.headers.get("x-forwarded-proto").map(|v| v.as_bytes()), Some(&b"https"[..]));
+        assert_eq!(
+            rec.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+            Some(&b"https"[..])
+        );
         // HTTP/2 carries the host in :authority; the forge gets it as Host.
         assert_eq!(
             rec.headers.get("host").map(|v| v.as_bytes()),
@@ -108,14 +116,20 @@ async fn tls_front(pki: &Pki, backend: std::net::SocketAddr) -> std::net::Socket
         .expect("server config");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                let Ok(mut up) = tokio::net::TcpStream::connect(backend).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
                 let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
             });
         }
@@ -128,7 +142,9 @@ async fn https_forge_is_verified_against_the_configured_ca() {
     let pki = pki();
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = write(dir.path(), "forge-ca.pem", &pki.ca_pem);
-    let forge = scopegate::demo::forge::FakeForge::start(world()).await.expect("forge");
+    let forge = scopegate::demo::forge::FakeForge::start(world())
+        .await
+        .expect("forge");
     let front = tls_front(&pki, forge.addr()).await;
     let yaml = format!(
         "listen: 127.0.0.1:0\nupstream:\n  url: https://127.0.0.1:{}\n  ca: '{ca}'\n{PROJECTS}",
@@ -136,27 +152,52 @@ async fn https_forge_is_verified_against_the_configured_ca() {
     );
     let config = scopegate::Config::from_yaml_str(&yaml, Path::new("tls.yaml")).expect("config");
     let gw = scopegate::start(config).await.expect("gateway");
-    let c = reqwest::Client::builder().no_proxy().build().expect("client");
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
     let url = format!("http://{}/api/v4/projects/2/repository/tree", gw.addr);
 
-    let ok = c.get(&url).header("JOB-TOKEN", TOK_APP).send().await.expect("send");
+    let ok = c
+        .get(&url)
+        .header("JOB-TOKEN", TOK_APP)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(ok.status().as_u16(), 200);
     assert_eq!(forge.lookups().len(), 1, "the job look-up went over TLS");
-    assert_eq!(forge.requests().len(), 1, "the allowed request went over TLS");
+    assert_eq!(
+        forge.requests().len(),
+        1,
+        "the allowed request went over TLS"
+    );
 
-    let denied = c.get(&url).header("JOB-TOKEN", TOK_OTHER).send().await.expect("send");
+    let denied = c
+        .get(&url)
+        .header("JOB-TOKEN", TOK_OTHER)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(denied.status().as_u16(), 404);
     assert_eq!(forge.requests().len(), 1, "nothing more reached the forge");
     gw.shutdown().await;
 
     // Without the CA the forge's certificate is not trusted: look-ups fail → 503, and a
     // token-less request cannot be forwarded → 502.
-    let yaml = format!("listen: 127.0.0.1:0\nupstream:\n  url: https://127.0.0.1:{}\n{PROJECTS}", front.port());
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nupstream:\n  url: https://127.0.0.1:{}\n{PROJECTS}",
+        front.port()
+    );
     let config = scopegate::Config::from_yaml_str(&yaml, Path::new("tls.yaml")).expect("config");
     let gw = scopegate::start(config).await.expect("gateway");
     forge.clear();
     let url = format!("http://{}/api/v4/projects/2/repository/tree", gw.addr);
-    let r = c.get(&url).header("JOB-TOKEN", TOK_APP).send().await.expect("send");
+    let r = c
+        .get(&url)
+        .header("JOB-TOKEN", TOK_APP)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status().as_u16(), 503);
     let r = c.get(&url).send().await.expect("send");
     assert_eq!(r.status().as_u16(), 502);

@@ -221,12 +221,20 @@ impl Harness {
     }
 
     /// Asserts the request was forwarded: 200 from the forge's catch-all, exactly one request.
-    pub async fn assert_forwarded(&self, resp: reqwest::Response) -> scopegate::demo::forge::Recorded {
+    pub async fn assert_forwarded(
+        &self,
+        resp: reqwest::Response,
+    ) -> scopegate::demo::forge::Recorded {
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
         assert_eq!(status, 200, "status (body: {body})");
         let reqs = self.forge.requests();
-        assert_eq!(reqs.len(), 1, "forwarded requests: {:?}", reqs.iter().map(|r| &r.uri).collect::<Vec<_>>());
+        assert_eq!(
+            reqs.len(),
+            1,
+            "forwarded requests: {:?}",
+            reqs.iter().map(|r| &r.uri).collect::<Vec<_>>()
+        );
         reqs.into_iter().next().expect("one request")
     }
 
@@ -243,12 +251,23 @@ pub fn make_repo(root: &Path, path: &str) {
     let work = tempfile::tempdir().expect("tempdir");
     let git = |dir: &Path, args: &[&str]| {
         let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.invalid",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args)
             .current_dir(dir)
             .output()
             .expect("git runs");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     git(&bare, &["init", "--bare", "-q"]);
     git(&bare, &["config", "http.receivepack", "true"]);
@@ -256,14 +275,29 @@ pub fn make_repo(root: &Path, path: &str) {
     std::fs::write(work.path().join("README.md"), format!("# {path}\n")).expect("write");
     git(work.path(), &["add", "README.md"]);
     git(work.path(), &["commit", "-q", "-m", "init"]);
-    git(work.path(), &["push", "-q", bare.to_str().expect("utf8 path"), "HEAD:refs/heads/main"]);
+    git(
+        work.path(),
+        &[
+            "push",
+            "-q",
+            bare.to_str().expect("utf8 path"),
+            "HEAD:refs/heads/main",
+        ],
+    );
     git(&bare, &["symbolic-ref", "HEAD", "refs/heads/main"]);
 }
 
 /// Runs `git` with no config from the environment, no prompts, and returns (success, stderr).
 pub async fn git(dir: &Path, args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "credential.helper="])
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "-c",
+            "credential.helper=",
+        ])
         .args(args)
         .current_dir(dir)
         .env("GIT_TERMINAL_PROMPT", "0")
@@ -272,7 +306,10 @@ pub async fn git(dir: &Path, args: &[&str]) -> (bool, String) {
         .output()
         .await
         .expect("git runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Sends raw bytes over a fresh connection and returns what came back until the server
@@ -302,12 +339,12 @@ fn response_complete(buf: &[u8]) -> bool {
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         return false;
     };
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
-        });
+    let len = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
     match len {
         Some(n) => body.len() >= n,
         None => false,

@@ -34,6 +34,7 @@ use http::HeaderMap;
 #[path = "credentials_body.rs"]
 mod body;
 pub use body::{body_kind, parse_body};
+pub(crate) use body::{part_name, rack_file_part};
 
 /// Where a credential was found; names only, never values (safe to log).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -402,7 +402,7 @@ pub(super) fn part_heads<'b>(
 
 /// The part's name, which Rack reads with `/Content-Disposition:[^:]*;\s*name=(VALUE)/i`
 /// anywhere in the head. Every such match and multer's name must agree.
-fn part_name(head: &[u8], multer_name: Option<&str>) -> Result<String, BodyError> {
+pub(crate) fn part_name(head: &[u8], multer_name: Option<&str>) -> Result<String, BodyError> {
     let mut names = rack_disposition_names(head);
     if names.is_empty() {
         // Rack would fall back to Content-ID or the part's content type; refuse instead.
@@ -595,7 +595,7 @@ fn rack_rfc2183(head: &[u8]) -> bool {
 /// True when Rack 2.2 `get_filename` finds a filename, so the part is an upload (or, for an
 /// empty name, dropped): no string parameter either way. Rack scans the whole head for
 /// parameters, last one winning, so a quote opened in another header can hide a filename.
-fn rack_file_part(head: &[u8]) -> bool {
+pub(crate) fn rack_file_part(head: &[u8]) -> bool {
     if !rack_rfc2183(head) {
         return false;
     }

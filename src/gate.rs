@@ -5,12 +5,13 @@
 //! log line live here.
 
 use crate::admin::Metrics;
-use crate::canonical;
+use crate::canonical::{self, CanonicalPath};
 use crate::config::{Config, DenyResponse, Dependencies, Mode, Ref};
 use crate::credentials::{self, BodyKind, Credential, Origin, Param};
 use crate::error::Refusal;
 use crate::forge::{self, HttpClient, UpBody};
 use crate::forward::{self, Outbound};
+use crate::inspect::{self, ScanError};
 use crate::jobs::{JobIdentity, JobResolver, Lookup};
 use crate::logging;
 use crate::policy::{self, Decision, SourceProject, TargetProject};
@@ -50,6 +51,33 @@ struct Ctx {
     decision: &'static str,
     reason: &'static str,
     candidates: Vec<Secret>,
+}
+
+/// The request head as the decision phases read it (the parts themselves go to the forwarder).
+struct Head {
+    method: http::Method,
+    headers: http::HeaderMap,
+    raw_path: String,
+    query: Option<String>,
+    path: CanonicalPath,
+    query_params: Vec<Param>,
+    kind: BodyKind,
+    peer: SocketAddr,
+}
+
+impl Ctx {
+    fn for_request(method: http::Method, raw_target: String) -> Ctx {
+        Ctx {
+            method,
+            raw_target,
+            class: Class::Unknown,
+            source: None,
+            target: None,
+            decision: "forward",
+            reason: "no_job_token",
+            candidates: Vec::new(),
+        }
+    }
 }
 
 /// What the credential phase concluded.
@@ -107,20 +135,13 @@ impl Gate {
         tls: bool,
     ) -> Response<UpBody> {
         let started = Instant::now();
-        let mut ctx = Ctx {
-            method: req.method().clone(),
-            raw_target: req
-                .uri()
+        let mut ctx = Ctx::for_request(
+            req.method().clone(),
+            req.uri()
                 .path_and_query()
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_else(|| "/".to_owned()),
-            class: Class::Unknown,
-            source: None,
-            target: None,
-            decision: "forward",
-            reason: "no_job_token",
-            candidates: Vec::new(),
-        };
+        );
         let resp = match self.process(req, peer, tls, &mut ctx).await {
             Ok(resp) => resp,
             Err(refusal) => {
@@ -179,6 +200,24 @@ impl Gate {
         ));
         let kind = credentials::body_kind(&parts.method, &parts.headers)
             .map_err(|_| refuse_with(ctx, "content_type", Refusal::BadRequest("content-type")))?;
+        if let BodyKind::Multipart { boundary } = &kind {
+            if self.streams(&parts.headers) {
+                let boundary = boundary.clone();
+                let head = Head {
+                    method: parts.method.clone(),
+                    headers: parts.headers.clone(),
+                    raw_path,
+                    query,
+                    path: head_path,
+                    query_params,
+                    kind,
+                    peer,
+                };
+                return self
+                    .stream_upload(head, creds, &boundary, parts, body, tls, ctx)
+                    .await;
+            }
+        }
         let (body, body_params) = self
             .read_body(kind.clone(), &parts.headers, body, ctx)
             .await?;
@@ -186,12 +225,52 @@ impl Gate {
             &body_params,
             Origin::Body,
         ));
-        ctx.candidates = distinct_candidates(&creds);
+        let head = Head {
+            method: parts.method.clone(),
+            headers: parts.headers.clone(),
+            raw_path,
+            query,
+            path: head_path,
+            query_params,
+            kind,
+            peer,
+        };
+        let path_and_query = self.authorize(&head, &creds, &body_params, ctx).await?;
 
-        let service = one_value(&query_params, &body_params, "service", ctx)?;
-        let lfs_operation = match kind {
+        // Phase: forward.
+        forward::forward(
+            config,
+            &self.client,
+            Outbound {
+                parts,
+                body,
+                path_and_query,
+                peer,
+                tls,
+                upgrade,
+            },
+        )
+        .await
+    }
+
+    /// Extract (what the credentials are) → resolve → target → decide, for one set of
+    /// credentials. Returns the `path?query` to forward, or the refusal to send. Run once per
+    /// request, and again when a streamed multipart body turns up credentials of its own.
+    async fn authorize(
+        &self,
+        head: &Head,
+        creds: &[Credential],
+        body_params: &[Param],
+        ctx: &mut Ctx,
+    ) -> Result<String, Refusal> {
+        let config = &*self.config;
+        let root = config.upstream.relative_url_root.as_str();
+        ctx.candidates = distinct_candidates(creds);
+
+        let service = one_value(&head.query_params, body_params, "service", ctx)?;
+        let lfs_operation = match head.kind {
             BodyKind::Json => {
-                credentials::single_value(&body_params, "operation").map_err(|_| {
+                credentials::single_value(body_params, "operation").map_err(|_| {
                     refuse_with(ctx, "duplicate_parameter", Refusal::BadRequest("operation"))
                 })?
             }
@@ -200,20 +279,22 @@ impl Gate {
         let class_params = ClassParams {
             service,
             lfs_operation,
-            scopes: query_params
+            scopes: head
+                .query_params
                 .iter()
                 .filter(|p| p.name == "scope")
                 .map(|p| p.value.as_str())
                 .collect(),
-            registry_params: query_params
+            registry_params: head
+                .query_params
                 .iter()
                 .map(|p| (p.name.as_str(), p.value.as_str()))
                 .collect(),
         };
         let shallow = target::classify(
-            &parts.method,
-            &head_path,
-            query.as_deref(),
+            &head.method,
+            &head.path,
+            head.query.as_deref(),
             &class_params,
             &config.routes,
             false,
@@ -224,9 +305,9 @@ impl Gate {
         let shape = shallow.as_ref().map(|t| t.shape).unwrap_or(Shape::Api);
 
         // Phase: resolve.
-        let client_ip = forward::client_ip(config, &parts.headers, peer.ip());
+        let client_ip = forward::client_ip(config, &head.headers, head.peer.ip());
         let holder = self
-            .resolve_credentials(&creds, client_ip, shape, ctx)
+            .resolve_credentials(creds, client_ip, shape, ctx)
             .await?;
 
         let mut path_and_query = ctx.raw_target.clone();
@@ -236,11 +317,11 @@ impl Gate {
             Holder::Job(job) => {
                 ctx.source = Some(job.clone());
                 // Phase: target.
-                let target = canonical::canonicalize(&raw_path, root, true).and_then(|path| {
+                let target = canonical::canonicalize(&head.raw_path, root, true).and_then(|path| {
                     target::classify(
-                        &parts.method,
+                        &head.method,
                         &path,
-                        query.as_deref(),
+                        head.query.as_deref(),
                         &class_params,
                         &config.routes,
                         true,
@@ -282,20 +363,88 @@ impl Gate {
             }
         }
 
-        // Phase: forward.
-        forward::forward(
-            config,
+        Ok(path_and_query)
+    }
+
+    /// Whether a multipart body streams (too large, or of unknown length, to read whole).
+    fn streams(&self, headers: &http::HeaderMap) -> bool {
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        declared.map_or(true, |n| n > self.config.limits.inspect_body as u64)
+    }
+
+    /// A multipart upload too large to read whole: decided on its head first, then streamed to
+    /// the forge while its fields are scanned; the end of the request is held back until the
+    /// fields' credentials (if any) have been decided on too. A late denial aborts the upstream
+    /// request, so the forge never holds a complete request, and the client gets the refusal.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_upload(
+        &self,
+        head: Head,
+        creds: Vec<Credential>,
+        boundary: &str,
+        parts: http::request::Parts,
+        body: Incoming,
+        tls: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Response<UpBody>, Refusal> {
+        let limits = &self.config.limits;
+        let path_and_query = self.authorize(&head, &creds, &[], ctx).await?;
+        let streamed =
+            inspect::stream_multipart(body, boundary, limits.inspect_body, limits.idle_timeout);
+        let forwarding = forward::forward(
+            &self.config,
             &self.client,
             Outbound {
                 parts,
-                body,
+                body: streamed.body,
                 path_and_query,
-                peer,
+                peer: head.peer,
                 tls,
-                upgrade,
+                upgrade: None,
             },
-        )
-        .await
+        );
+        tokio::pin!(forwarding);
+        let release = streamed.release;
+        let outcome = tokio::select! {
+            // The forge answered before the whole body was sent: it has not received the end
+            // of the request (held back), so it acted on nothing; its answer goes back as is.
+            // Dropping `release` withholds the end for good.
+            answered = &mut forwarding => return answered,
+            outcome = streamed.outcome => outcome,
+        };
+        let params = match outcome {
+            Ok(Ok(params)) => params,
+            Ok(Err(ScanError::TooLarge)) => {
+                return Err(refuse_with(ctx, "body_too_large", Refusal::PayloadTooLarge))
+            }
+            Ok(Err(ScanError::Aborted)) | Err(_) => {
+                return Err(refuse_with(ctx, "body", Refusal::BadRequest("body")))
+            }
+            Ok(Err(ScanError::Malformed(_))) => {
+                return Err(refuse_with(
+                    ctx,
+                    "malformed_body",
+                    Refusal::BadRequest("body"),
+                ))
+            }
+        };
+        let late = credentials::credentials_from_params(&params, Origin::Body);
+        let conflicting = credentials::single_value(&params, "service").is_err();
+        if !late.is_empty() || conflicting {
+            let mut all = creds;
+            all.extend(late);
+            // The decision on the whole request replaces the one on its head.
+            *ctx = Ctx::for_request(ctx.method.clone(), ctx.raw_target.clone());
+            if let Err(refusal) = self.authorize(&head, &all, &params, ctx).await {
+                let _ = release.send(false);
+                return Err(refusal);
+            }
+        }
+        let _ = release.send(true);
+        forwarding.await
     }
 
     /// Reads a parameter-bearing body whole (bounded) and parses it; streams anything else.

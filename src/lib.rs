@@ -18,6 +18,7 @@ pub mod error;
 pub mod forge;
 pub mod forward;
 pub mod gate;
+pub mod inspect;
 pub mod jobs;
 pub mod logging;
 pub mod policy;

@@ -676,20 +676,17 @@ async fn service_given_twice_with_different_values_is_400() {
 /// bounds urlencoded and JSON bodies, not uploads. A package upload (twine, NuGet push) with
 /// the job token in a header or a field must pass whatever the file's size; a denied one
 /// must never reach the forge complete.
-// Issue 3's contract: a multipart body is inspected whole up to `limits.inspect_body`; a
-// larger one is refused with 413 before anything reaches the forge, whatever it carries.
-// Streaming inspection of large multipart uploads (SPEC §1 "Bodies") is issue 4; its test
-// (forwarded intact when allowed, never complete at the forge when denied) is in the history
-// of this file (commit "Integration tests: …") and comes back with that work.
+// SPEC §1 "Bodies": a multipart body larger than `limits.inspect_body` streams; its fields are
+// scanned as they pass and the end of the request is held back until they are decided on.
 #[tokio::test]
-async fn multipart_upload_larger_than_inspect_limit_is_413_until_streaming_inspection() {
+async fn multipart_upload_larger_than_inspect_limit_streams() {
     let h = Harness::with(limited_harness()).await;
     let file = "x".repeat(64 * 1024);
-    let body = |fields_before: &[(&str, &str)], fields_after: &[(&str, &str)]| {
+    let body = |fields_before: &[(&str, &str, &str)], fields_after: &[(&str, &str)]| {
         let mut b = String::new();
-        for (name, value) in fields_before {
+        for (name, extra, value) in fields_before {
             b.push_str(&format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n{extra}\r\n{value}\r\n"
             ));
         }
         b.push_str(&format!(
@@ -711,18 +708,36 @@ async fn multipart_upload_larger_than_inspect_limit_is_413_until_streaming_inspe
             body,
         )
     };
-    for req in [
-        upload(body(&[("name", "pkg")], &[])).header(
+    // Token in a header (twine's Basic auth), then in a field before and after the file.
+    allowed(
+        &h,
+        &upload(body(&[("name", "", "pkg")], &[])).header(
             "Authorization",
             format!("Basic {}", basic("gitlab-ci-token", TOK_APP)),
         ),
-        upload(body(&[("job_token", TOK_APP)], &[])),
+    )
+    .await;
+    allowed(&h, &upload(body(&[("job_token", "", TOK_APP)], &[]))).await;
+    allowed(&h, &upload(body(&[], &[("job_token", TOK_APP)]))).await;
+
+    // Denied: 404, and the forge never holds a complete request.
+    for req in [
+        upload(body(&[("job_token", "", TOK_OTHER)], &[])),
         upload(body(&[], &[("job_token", TOK_OTHER)])),
-        upload(body(&[], &[])),
+        upload(body(&[], &[])).header("JOB-TOKEN", TOK_OTHER),
     ] {
         h.forge.clear();
         let resp = req.send(&h.http, &h.base).await;
-        h.assert_denied(resp, 413).await;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!((status, text.as_str()), (404, NOT_FOUND_JSON));
+        h.forge
+            .wait_until(|reqs, _| reqs.iter().all(|r| r.ended))
+            .await;
+        assert!(
+            h.forge.requests().iter().all(|r| !r.complete),
+            "a denied upload never reaches the forge complete"
+        );
     }
     h.stop().await;
 }

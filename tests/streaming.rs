@@ -1,0 +1,232 @@
+//! Streaming inspection of large multipart uploads through the real binary (SPEC §1
+//! "Bodies"): a 200 MiB artifact upload arrives byte-identical while the gateway's peak RSS
+//! stays under 32 MiB, and a 50 MiB upload whose last field carries a foreign job token never
+//! completes at the forge.
+
+mod process;
+mod support;
+
+use futures_util::StreamExt;
+use process::Proc;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use support::*;
+
+const BOUNDARY: &str = "----scopegate-stream-7MA4YWxkTrZu0gW";
+const MIB: usize = 1024 * 1024;
+
+/// Deterministic file content that never contains the boundary (bytes below 0x2d are not '-').
+fn file_chunk(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| ((i * 31 + j * 7) % 40) as u8).collect()
+}
+
+/// A multipart body: `fields_before`, one file part of `file_mib` MiB, `fields_after`.
+/// Returns the chunk stream's parts and the sha256 of the whole body.
+fn multipart(
+    fields_before: &[(&str, &str)],
+    file_mib: usize,
+    fields_after: &[(&str, &str)],
+) -> (Vec<Vec<u8>>, [u8; 32], u64) {
+    let mut chunks = Vec::new();
+    let mut head = String::new();
+    for (n, v) in fields_before {
+        head.push_str(&format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n"
+        ));
+    }
+    head.push_str(&format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"artifacts.zip\"\r\nContent-Type: application/zip\r\n\r\n"
+    ));
+    chunks.push(head.into_bytes());
+    for i in 0..file_mib {
+        chunks.push(file_chunk(i, MIB));
+    }
+    let mut tail = String::from("\r\n");
+    for (n, v) in fields_after {
+        tail.push_str(&format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n"
+        ));
+    }
+    tail.push_str(&format!("--{BOUNDARY}--\r\n"));
+    chunks.push(tail.into_bytes());
+    let mut h = Sha256::new();
+    let mut len = 0u64;
+    for c in &chunks {
+        h.update(c);
+        len += c.len() as u64;
+    }
+    (chunks, h.finalize().into(), len)
+}
+
+/// The chunks as a streamed request body, produced lazily so the test holds one MiB at a time.
+fn stream_body(
+    fields_before: Vec<(String, String)>,
+    file_mib: usize,
+    fields_after: Vec<(String, String)>,
+) -> reqwest::Body {
+    let head: Vec<u8> = {
+        let mut s = String::new();
+        for (n, v) in &fields_before {
+            s.push_str(&format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n"
+            ));
+        }
+        s.push_str(&format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"artifacts.zip\"\r\nContent-Type: application/zip\r\n\r\n"
+        ));
+        s.into_bytes()
+    };
+    let tail: Vec<u8> = {
+        let mut s = String::from("\r\n");
+        for (n, v) in &fields_after {
+            s.push_str(&format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n"
+            ));
+        }
+        s.push_str(&format!("--{BOUNDARY}--\r\n"));
+        s.into_bytes()
+    };
+    let parts = std::iter::once(head)
+        .chain((0..file_mib).map(|i| file_chunk(i, MIB)))
+        .chain(std::iter::once(tail));
+    let stream = futures_util::stream::iter(parts.map(Ok::<_, std::io::Error>));
+    reqwest::Body::wrap_stream(stream.map(|r| r.map(bytes::Bytes::from)))
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .expect("VmHWM readable")
+}
+
+async fn start_binary(
+    forge: &scopegate::demo::forge::FakeForge,
+) -> (Proc, std::net::SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:0\nupstream:\n  url: {}\n{PROJECTS}",
+            forge.url()
+        ),
+    )
+    .expect("config");
+    let proc = Proc::run(&path);
+    let addr = proc.wait_listening();
+    (proc, addr, dir)
+}
+
+fn content_type() -> String {
+    format!("multipart/form-data; boundary={BOUNDARY}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mib_artifact_upload_streams_byte_identical_in_bounded_memory() {
+    let forge = scopegate::demo::forge::FakeForge::start(world())
+        .await
+        .expect("forge");
+    let (proc, addr, _dir) = start_binary(&forge).await;
+    let (_, sha, len) = multipart(&[], 200, &[]);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let resp = client
+        .post(format!("http://{addr}/api/v4/jobs/{JOB_APP}/artifacts"))
+        .header("JOB-TOKEN", TOK_APP)
+        .header("content-type", content_type())
+        .header("content-length", len.to_string())
+        .body(stream_body(vec![], 200, vec![]))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    forge
+        .wait_until(|reqs, _| reqs.len() == 1 && reqs[0].ended)
+        .await;
+    let rec = &forge.requests()[0];
+    assert!(rec.complete, "the upload completed at the forge");
+    assert_eq!(rec.body_len, len);
+    assert_eq!(rec.body_sha256, sha, "byte-identical");
+    let rss = peak_rss_kib(proc.pid());
+    assert!(rss < 32 * 1024, "gateway peak RSS {rss} KiB, over 32 MiB");
+    eprintln!("200 MiB upload: gateway peak RSS {rss} KiB");
+    forge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_foreign_job_token_aborts_a_50_mib_upload_before_it_completes() {
+    let forge = scopegate::demo::forge::FakeForge::start(world())
+        .await
+        .expect("forge");
+    let (_proc, addr, _dir) = start_binary(&forge).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let (_, _, len) = multipart(&[("name", "pkg")], 50, &[("job_token", TOK_OTHER)]);
+    let resp = client
+        .put(format!(
+            "http://{addr}/api/v4/projects/2/packages/generic/pkg/1.0/file.bin"
+        ))
+        .header("content-type", content_type())
+        .header("content-length", len.to_string())
+        .body(stream_body(
+            vec![("name".into(), "pkg".into())],
+            50,
+            vec![("job_token".into(), TOK_OTHER.into())],
+        ))
+        .send()
+        .await
+        .expect("upload answered");
+    assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(
+        resp.text().await.unwrap_or_default(),
+        r#"{"message":"404 Project Not Found"}"#
+    );
+    // The forge saw the upload begin (it streamed) but never its end.
+    forge
+        .wait_until(|reqs, _| reqs.iter().all(|r| r.ended))
+        .await;
+    for r in forge.requests() {
+        assert!(!r.complete, "{} {} completed at the forge", r.method, r.uri);
+        assert!(r.body_len < len, "the forge got all {} bytes", r.body_len);
+    }
+
+    // The same upload with the project's own token in the last field is allowed and intact.
+    forge.clear();
+    let (_, sha, len) = multipart(&[("name", "pkg")], 50, &[("job_token", TOK_APP)]);
+    let resp = client
+        .put(format!(
+            "http://{addr}/api/v4/projects/2/packages/generic/pkg/1.0/file.bin"
+        ))
+        .header("content-type", content_type())
+        .header("content-length", len.to_string())
+        .body(stream_body(
+            vec![("name".into(), "pkg".into())],
+            50,
+            vec![("job_token".into(), TOK_APP.into())],
+        ))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status().as_u16(), 200);
+    forge
+        .wait_until(|reqs, _| reqs.len() == 1 && reqs[0].ended)
+        .await;
+    let rec = &forge.requests()[0];
+    assert!(rec.complete && rec.body_len == len && rec.body_sha256 == sha);
+    let _ = Duration::from_secs(0);
+    forge.stop().await;
+}

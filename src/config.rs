@@ -229,6 +229,10 @@ pub struct Limits {
     pub max_request_head: usize,
     #[serde(deserialize_with = "de::size")]
     pub inspect_body: usize,
+    /// The bound for known package-publish routes whose JSON carries the package itself
+    /// (npm publish: the tarball base64-encoded in the document), read whole like any JSON.
+    #[serde(deserialize_with = "de::size")]
+    pub inspect_publish: usize,
     #[serde(deserialize_with = "de::timeout")]
     pub header_read_timeout: Duration,
     #[serde(deserialize_with = "de::timeout")]
@@ -246,6 +250,7 @@ impl Default for Limits {
         Limits {
             max_request_head: 64 * 1024,
             inspect_body: 1024 * 1024,
+            inspect_publish: 128 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(5),

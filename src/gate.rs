@@ -218,8 +218,16 @@ impl Gate {
                     .await;
             }
         }
+        let limit = if is_package_publish(&parts.method, &head_path) {
+            config
+                .limits
+                .inspect_publish
+                .max(config.limits.inspect_body)
+        } else {
+            config.limits.inspect_body
+        };
         let (body, body_params) = self
-            .read_body(kind.clone(), &parts.headers, body, ctx)
+            .read_body(kind.clone(), &parts.headers, body, limit, ctx)
             .await?;
         creds.extend(credentials::credentials_from_params(
             &body_params,
@@ -453,6 +461,7 @@ impl Gate {
         kind: BodyKind,
         headers: &http::HeaderMap,
         body: Incoming,
+        limit: usize,
         ctx: &mut Ctx,
     ) -> Result<(UpBody, Vec<Param>), Refusal> {
         let limits = &self.config.limits;
@@ -463,10 +472,10 @@ impl Gate {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limits.inspect_body as u64) {
+        if declared.is_some_and(|n| n > limit as u64) {
             return Err(refuse_with(ctx, "body_too_large", Refusal::PayloadTooLarge));
         }
-        let bytes: Bytes = forward::read_limited(body, limits.inspect_body, limits.idle_timeout)
+        let bytes: Bytes = forward::read_limited(body, limit, limits.idle_timeout)
             .await
             .map_err(|r| refuse_with(ctx, "body", r))?;
         // An empty body holds no parameters (Rack parses none; Rails' JSON parser skips it).
@@ -917,6 +926,28 @@ fn one_value<'a>(
 /// word, its password, every `glcbt-` substring) are still looked up.
 fn cannot_be_issued(value: &str) -> bool {
     value.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// npm publish (`PUT /api/v4/projects/:id/packages/npm/:package_name`, GitLab's
+/// `lib/api/npm_project_packages.rb`): its JSON carries the tarball, so it gets
+/// `limits.inspect_publish` instead of `inspect_body`. The `/-/` routes below a package
+/// (dist-tags) are ordinary small documents.
+fn is_package_publish(method: &http::Method, path: &CanonicalPath) -> bool {
+    if method != http::Method::PUT {
+        return false;
+    }
+    let Some(rest) = path.lower.strip_prefix("/api/v4/projects/") else {
+        return false;
+    };
+    match rest.split_once("/packages/npm/") {
+        Some((project, package)) => {
+            !project.is_empty()
+                && !package.is_empty()
+                && !package.starts_with("-/")
+                && !package.contains("/-/")
+        }
+        None => false,
+    }
 }
 
 fn distinct_candidates(creds: &[Credential]) -> Vec<Secret> {

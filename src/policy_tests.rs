@@ -63,15 +63,7 @@ fn cfg(projects: Vec<ProjectConfig>) -> Config {
         dependencies: Dependencies::Forge,
         projects,
         routes: Vec::new(),
-        limits: Limits {
-            max_request_head: 64 * 1024,
-            inspect_body: 1024 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            upstream_connect_timeout: Duration::from_secs(5),
-            upstream_response_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
-        },
+        limits: Limits::default(),
         log_format: LogFormat::Text,
         auth_log: None,
     }

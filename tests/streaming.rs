@@ -230,3 +230,57 @@ async fn a_late_foreign_job_token_aborts_a_50_mib_upload_before_it_completes() {
     let _ = Duration::from_secs(0);
     forge.stop().await;
 }
+
+/// npm publish carries the tarball base64-encoded inside its JSON: it is read whole up to
+/// `limits.inspect_publish`, not `inspect_body`, and decided on like any JSON body.
+#[tokio::test]
+async fn npm_publish_json_has_its_own_bound() {
+    let mut opts = Options::new(PROJECTS);
+    opts.yaml = format!("limits: {{ inspect_body: 1KiB, inspect_publish: 64KiB }}\n{PROJECTS}");
+    let h = Harness::with(opts).await;
+    let doc = |token: &str, size: usize| {
+        serde_json::json!({
+            "name": "@g/pkg",
+            "versions": {"1.0.0": {"name": "@g/pkg", "version": "1.0.0"}},
+            "_attachments": {"@g/pkg-1.0.0.tgz": {"data": "A".repeat(size), "length": size}},
+            "token": token,
+        })
+        .to_string()
+    };
+    let publish = |body: String, token: &str| {
+        h.http
+            .put(h.url("/api/v4/projects/2/packages/npm/@g%2fpkg"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // 20 KiB: over inspect_body, within inspect_publish → decided and forwarded byte for byte.
+    let body = doc(TOK_APP, 20 * 1024);
+    let resp = publish(body.clone(), TOK_APP).await.expect("publish");
+    let rec = h.assert_forwarded(resp).await;
+    assert_eq!(rec.body_len as usize, body.len());
+    // The same with a foreign token in the document: 404, nothing forwarded.
+    h.forge.clear();
+    let resp = publish(doc(TOK_OTHER, 20 * 1024), TOK_APP)
+        .await
+        .expect("publish");
+    h.assert_denied(resp, 404).await;
+    // Over inspect_publish: 413, nothing forwarded.
+    let resp = publish(doc(TOK_APP, 80 * 1024), TOK_APP)
+        .await
+        .expect("publish");
+    h.assert_denied(resp, 413).await;
+    // Other npm routes keep inspect_body.
+    let resp = h
+        .http
+        .put(h.url("/api/v4/projects/2/packages/npm/-/package/@g%2fpkg/dist-tags/latest"))
+        .header("authorization", format!("Bearer {TOK_APP}"))
+        .header("content-type", "application/json")
+        .body(format!("\"{}\"", "1".repeat(4096)))
+        .send()
+        .await
+        .expect("dist-tag");
+    h.assert_denied(resp, 413).await;
+    h.stop().await;
+}

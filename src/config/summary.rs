@@ -161,10 +161,11 @@ impl Config {
         let l = &self.limits;
         let _ = writeln!(
             s,
-            "limits: max_request_head {}, inspect_body {}, header_read_timeout {}, idle_timeout \
-             {}, upstream_connect_timeout {}, upstream_response_timeout {}, max_connections {}",
+            "limits: max_request_head {}, inspect_body {}, inspect_publish {}, header_read_timeout {}, \
+             idle_timeout {}, upstream_connect_timeout {}, upstream_response_timeout {}, max_connections {}",
             show_size(l.max_request_head),
             show_size(l.inspect_body),
+            show_size(l.inspect_publish),
             show_duration(l.header_read_timeout),
             show_duration(l.idle_timeout),
             show_duration(l.upstream_connect_timeout),

@@ -815,7 +815,7 @@ fn summary_and_warnings() {
         "  1 g/p private; inbound: projects 2, g/tools/lint; groups g/trusted; outbound: not limited",
         "routes: 1",
         "  GET '^/api/v4/groups/42/-/packages/maven/' for projects g/build; groups none",
-        "max_request_head 64KiB, inspect_body 1MiB, header_read_timeout 10s",
+        "max_request_head 64KiB, inspect_body 1MiB, inspect_publish 128MiB, header_read_timeout 10s",
         "max_connections 10000",
         "cache: ttl 30s, negative_ttl 5s, project_ttl 60s",
         "log: text; auth_log",

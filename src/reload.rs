@@ -44,6 +44,9 @@ pub struct Triggers {
     term: Option<tokio::signal::unix::Signal>,
     int: Option<tokio::signal::unix::Signal>,
     changed: mpsc::UnboundedReceiver<()>,
+    /// Digest of the file as last read, so a directory event that did not change the file
+    /// (another file in the folder, a symlink swapped to identical content) reloads nothing.
+    last: Option<[u8; 32]>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -58,6 +61,7 @@ impl Triggers {
             term: signal(SignalKind::terminate()),
             int: signal(SignalKind::interrupt()),
             changed,
+            last: digest(path),
             _watcher: watch_file(path, tx),
         }
     }
@@ -68,11 +72,20 @@ impl Triggers {
             tokio::select! {
                 _ = recv(&mut self.int) => return,
                 _ = recv(&mut self.term) => return,
-                _ = recv(&mut self.hup) => { reload(running, &self.path); }
+                // SIGHUP always reloads: the operator may have changed what the file points
+                // at (the service token's environment, a CA file), not the file itself.
+                _ = recv(&mut self.hup) => {
+                    self.last = digest(&self.path);
+                    reload(running, &self.path);
+                }
                 Some(()) = self.changed.recv() => {
                     // Editors write in several steps; coalesce a burst of events into one reload.
                     while self.changed.try_recv().is_ok() {}
-                    reload(running, &self.path);
+                    let now = digest(&self.path);
+                    if now.is_some() && now != self.last {
+                        self.last = now;
+                        reload(running, &self.path);
+                    }
                 }
             }
         }
@@ -92,32 +105,51 @@ async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-/// Watches the file's directory (editors replace files rather than write them in place) and
-/// signals when an event names the file.
+fn digest(path: &Path) -> Option<[u8; 32]> {
+    use sha2::Digest as _;
+    std::fs::read(path)
+        .ok()
+        .map(|b| sha2::Sha256::digest(&b).into())
+}
+
+/// Watches the folder the path is in, and the folder of the file it resolves to when that is
+/// another (a symlink). Any change there is a candidate: editors replace files rather than
+/// write them, and Kubernetes ConfigMap volumes swap a `..data` symlink beside the file, so
+/// the file's own name need not appear in the event. `until_shutdown` reloads only when the
+/// file's content changed.
 fn watch_file(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let file: PathBuf = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let dir = file
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let name = file.file_name().map(|n| n.to_os_string());
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for p in [Some(absolute), std::fs::canonicalize(path).ok()]
+        .into_iter()
+        .flatten()
+    {
+        let dir = p
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            let ours = event
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_os_string()) == name);
-            if ours && !matches!(event.kind, notify::EventKind::Access(_)) {
+            if !matches!(event.kind, notify::EventKind::Access(_)) {
                 let _ = tx.send(());
             }
         }
     })
     .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; SIGHUP still reloads"))
     .ok()?;
-    watcher
-        .watch(&dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| tracing::warn!(error = %e, "cannot watch the config directory; SIGHUP still reloads"))
-        .ok()?;
-    Some(watcher)
+    let mut watching = false;
+    for dir in &dirs {
+        match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => watching = true,
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "cannot watch a config directory")
+            }
+        }
+    }
+    watching.then_some(watcher)
 }

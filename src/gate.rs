@@ -200,39 +200,6 @@ impl Gate {
         ));
         let kind = credentials::body_kind(&parts.method, &parts.headers)
             .map_err(|_| refuse_with(ctx, "content_type", Refusal::BadRequest("content-type")))?;
-        if let BodyKind::Multipart { boundary } = &kind {
-            if self.streams(&parts.headers) {
-                let boundary = boundary.clone();
-                let head = Head {
-                    method: parts.method.clone(),
-                    headers: parts.headers.clone(),
-                    raw_path,
-                    query,
-                    path: head_path,
-                    query_params,
-                    kind,
-                    peer,
-                };
-                return self
-                    .stream_upload(head, creds, &boundary, parts, body, tls, ctx)
-                    .await;
-            }
-        }
-        let limit = if is_package_publish(&parts.method, &head_path) {
-            config
-                .limits
-                .inspect_publish
-                .max(config.limits.inspect_body)
-        } else {
-            config.limits.inspect_body
-        };
-        let (body, body_params) = self
-            .read_body(kind.clone(), &parts.headers, body, limit, ctx)
-            .await?;
-        creds.extend(credentials::credentials_from_params(
-            &body_params,
-            Origin::Body,
-        ));
         let head = Head {
             method: parts.method.clone(),
             headers: parts.headers.clone(),
@@ -243,6 +210,29 @@ impl Gate {
             kind,
             peer,
         };
+        if let BodyKind::Multipart { boundary } = &head.kind {
+            if self.streams(&parts.headers) {
+                let boundary = boundary.clone();
+                return self
+                    .stream_upload(head, creds, &boundary, parts, body, tls, ctx)
+                    .await;
+            }
+        }
+        let limit = if is_package_publish(&parts.method, &head.path) {
+            config
+                .limits
+                .inspect_publish
+                .max(config.limits.inspect_body)
+        } else {
+            config.limits.inspect_body
+        };
+        let (body, body_params) = self
+            .read_body(head.kind.clone(), &parts.headers, body, limit, ctx)
+            .await?;
+        creds.extend(credentials::credentials_from_params(
+            &body_params,
+            Origin::Body,
+        ));
         let path_and_query = self.authorize(&head, &creds, &body_params, ctx).await?;
 
         // Phase: forward.

@@ -6,10 +6,8 @@
 mod process;
 mod support;
 
-use futures_util::StreamExt;
 use process::Proc;
 use sha2::{Digest, Sha256};
-use std::time::Duration;
 use support::*;
 
 const BOUNDARY: &str = "----scopegate-stream-7MA4YWxkTrZu0gW";
@@ -20,77 +18,44 @@ fn file_chunk(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|j| ((i * 31 + j * 7) % 40) as u8).collect()
 }
 
-/// A multipart body: `fields_before`, one file part of `file_mib` MiB, `fields_after`.
-/// Returns the chunk stream's parts and the sha256 of the whole body.
-fn multipart(
-    fields_before: &[(&str, &str)],
+/// The pieces of a multipart body: `before` fields, one file part of `file_mib` MiB, `after`
+/// fields. Produced lazily so neither the test nor its client holds more than a MiB at a time.
+fn pieces(
+    before: &[(&str, &str)],
     file_mib: usize,
-    fields_after: &[(&str, &str)],
-) -> (Vec<Vec<u8>>, [u8; 32], u64) {
-    let mut chunks = Vec::new();
-    let mut head = String::new();
-    for (n, v) in fields_before {
-        head.push_str(&format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n"
-        ));
-    }
+    after: &[(&str, &str)],
+) -> impl Iterator<Item = Vec<u8>> {
+    let field = |(n, v): &(&str, &str)| {
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n")
+    };
+    let mut head: String = before.iter().map(field).collect();
     head.push_str(&format!(
         "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"artifacts.zip\"\r\nContent-Type: application/zip\r\n\r\n"
     ));
-    chunks.push(head.into_bytes());
-    for i in 0..file_mib {
-        chunks.push(file_chunk(i, MIB));
-    }
     let mut tail = String::from("\r\n");
-    for (n, v) in fields_after {
-        tail.push_str(&format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n"
-        ));
-    }
+    tail.extend(after.iter().map(field));
     tail.push_str(&format!("--{BOUNDARY}--\r\n"));
-    chunks.push(tail.into_bytes());
-    let mut h = Sha256::new();
-    let mut len = 0u64;
-    for c in &chunks {
-        h.update(c);
-        len += c.len() as u64;
-    }
-    (chunks, h.finalize().into(), len)
+    std::iter::once(head.into_bytes())
+        .chain((0..file_mib).map(|i| file_chunk(i, MIB)))
+        .chain(std::iter::once(tail.into_bytes()))
 }
 
-/// The chunks as a streamed request body, produced lazily so the test holds one MiB at a time.
-fn stream_body(
-    fields_before: Vec<(String, String)>,
-    file_mib: usize,
-    fields_after: Vec<(String, String)>,
-) -> reqwest::Body {
-    let head: Vec<u8> = {
-        let mut s = String::new();
-        for (n, v) in &fields_before {
-            s.push_str(&format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n"
-            ));
-        }
-        s.push_str(&format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"artifacts.zip\"\r\nContent-Type: application/zip\r\n\r\n"
-        ));
-        s.into_bytes()
-    };
-    let tail: Vec<u8> = {
-        let mut s = String::from("\r\n");
-        for (n, v) in &fields_after {
-            s.push_str(&format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{n}\"\r\n\r\n{v}\r\n"
-            ));
-        }
-        s.push_str(&format!("--{BOUNDARY}--\r\n"));
-        s.into_bytes()
-    };
-    let parts = std::iter::once(head)
-        .chain((0..file_mib).map(|i| file_chunk(i, MIB)))
-        .chain(std::iter::once(tail));
-    let stream = futures_util::stream::iter(parts.map(Ok::<_, std::io::Error>));
-    reqwest::Body::wrap_stream(stream.map(|r| r.map(bytes::Bytes::from)))
+/// The body's sha256 and length, computed over the same pieces the client will send.
+fn digest(before: &[(&str, &str)], file_mib: usize, after: &[(&str, &str)]) -> ([u8; 32], u64) {
+    let mut h = Sha256::new();
+    let mut len = 0u64;
+    for p in pieces(before, file_mib, after) {
+        h.update(&p);
+        len += p.len() as u64;
+    }
+    (h.finalize().into(), len)
+}
+
+/// The same pieces as a streamed request body.
+fn stream_body(before: &[(&str, &str)], file_mib: usize, after: &[(&str, &str)]) -> reqwest::Body {
+    let pieces =
+        pieces(before, file_mib, after).map(|p| Ok::<_, std::io::Error>(bytes::Bytes::from(p)));
+    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -132,7 +97,7 @@ async fn a_200_mib_artifact_upload_streams_byte_identical_in_bounded_memory() {
         .await
         .expect("forge");
     let (proc, addr, _dir) = start_binary(&forge).await;
-    let (_, sha, len) = multipart(&[], 200, &[]);
+    let (sha, len) = digest(&[], 200, &[]);
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -142,7 +107,7 @@ async fn a_200_mib_artifact_upload_streams_byte_identical_in_bounded_memory() {
         .header("JOB-TOKEN", TOK_APP)
         .header("content-type", content_type())
         .header("content-length", len.to_string())
-        .body(stream_body(vec![], 200, vec![]))
+        .body(stream_body(&[], 200, &[]))
         .send()
         .await
         .expect("upload");
@@ -175,7 +140,7 @@ async fn a_late_foreign_job_token_aborts_a_50_mib_upload_before_it_completes() {
         .no_proxy()
         .build()
         .expect("client");
-    let (_, _, len) = multipart(&[("name", "pkg")], 50, &[("job_token", TOK_OTHER)]);
+    let (_, len) = digest(&[("name", "pkg")], 50, &[("job_token", TOK_OTHER)]);
     let resp = client
         .put(format!(
             "http://{addr}/api/v4/projects/2/packages/generic/pkg/1.0/file.bin"
@@ -183,9 +148,9 @@ async fn a_late_foreign_job_token_aborts_a_50_mib_upload_before_it_completes() {
         .header("content-type", content_type())
         .header("content-length", len.to_string())
         .body(stream_body(
-            vec![("name".into(), "pkg".into())],
+            &[("name", "pkg")],
             50,
-            vec![("job_token".into(), TOK_OTHER.into())],
+            &[("job_token", TOK_OTHER)],
         ))
         .send()
         .await
@@ -206,7 +171,7 @@ async fn a_late_foreign_job_token_aborts_a_50_mib_upload_before_it_completes() {
 
     // The same upload with the project's own token in the last field is allowed and intact.
     forge.clear();
-    let (_, sha, len) = multipart(&[("name", "pkg")], 50, &[("job_token", TOK_APP)]);
+    let (sha, len) = digest(&[("name", "pkg")], 50, &[("job_token", TOK_APP)]);
     let resp = client
         .put(format!(
             "http://{addr}/api/v4/projects/2/packages/generic/pkg/1.0/file.bin"
@@ -214,9 +179,9 @@ async fn a_late_foreign_job_token_aborts_a_50_mib_upload_before_it_completes() {
         .header("content-type", content_type())
         .header("content-length", len.to_string())
         .body(stream_body(
-            vec![("name".into(), "pkg".into())],
+            &[("name", "pkg")],
             50,
-            vec![("job_token".into(), TOK_APP.into())],
+            &[("job_token", TOK_APP)],
         ))
         .send()
         .await
@@ -227,7 +192,6 @@ async fn a_late_foreign_job_token_aborts_a_50_mib_upload_before_it_completes() {
         .await;
     let rec = &forge.requests()[0];
     assert!(rec.complete && rec.body_len == len && rec.body_sha256 == sha);
-    let _ = Duration::from_secs(0);
     forge.stop().await;
 }
 

@@ -31,8 +31,15 @@ impl Metrics {
     /// One request's outcome: its class, decision (`allow`, `deny`, `would_deny`, `forward`,
     /// `refuse`) and reason.
     pub fn record(&self, class: &'static str, decision: &'static str, reason: &'static str) {
+        let key = (class, decision, reason);
+        // The read lock first: every request of a kind bumps the same counter, and the
+        // write lock `entry` takes would serialise them.
+        if let Some(counter) = self.requests.get(&key) {
+            counter.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         self.requests
-            .entry((class, decision, reason))
+            .entry(key)
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
     }

@@ -33,6 +33,9 @@ pub enum Refusal {
 pub const GIT_NOT_FOUND: &str =
     "The project you were looking for could not be found or you don't have permission to view it.";
 pub const PUSH_FORBIDDEN: &str = "You are not allowed to push code to this project.";
+/// The registry token endpoint's 401, as GitLab's `JwtController` renders it.
+pub const REGISTRY_UNAUTHORIZED: &str =
+    r#"{"errors":[{"code":"UNAUTHORIZED","message":"HTTP Basic: Access denied"}]}"#;
 pub const REGISTRY_DENIED: &str = r#"{"errors":[{"code":"DENIED","message":"access forbidden"}]}"#;
 
 impl Refusal {
@@ -60,6 +63,7 @@ impl Refusal {
                  the password was incorrect or you're required to use a token instead of a password."
                     .to_owned(),
             ),
+            Refusal::Unauthorized(Shape::Registry) => json(REGISTRY_UNAUTHORIZED),
             Refusal::Unauthorized(_) => json(r#"{"message":"401 Unauthorized"}"#),
             Refusal::NotFound(Shape::Git) => ("text/plain; charset=utf-8", GIT_NOT_FOUND.to_owned()),
             Refusal::NotFound(Shape::Registry) => json(REGISTRY_DENIED),

@@ -267,11 +267,9 @@ impl Gate {
 
         let service = one_value(&head.query_params, body_params, "service", ctx)?;
         let lfs_operation = match head.kind {
-            BodyKind::Json => {
-                credentials::single_value(body_params, "operation").map_err(|_| {
-                    refuse_with(ctx, "duplicate_parameter", Refusal::BadRequest("operation"))
-                })?
-            }
+            // Rails merges query and body parameters with the query winning: an `operation`
+            // in both that disagrees is ambiguous, like `service`.
+            BodyKind::Json => one_value(&head.query_params, body_params, "operation", ctx)?,
             _ => None,
         };
         let class_params = ClassParams {
@@ -918,17 +916,27 @@ fn cannot_be_issued(value: &str) -> bool {
     value.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// npm publish (`PUT /api/v4/projects/:id/packages/npm/:package_name`, GitLab's
-/// `lib/api/npm_project_packages.rb`): its JSON carries the tarball, so it gets
-/// `limits.inspect_publish` instead of `inspect_body`. The `/-/` routes below a package
-/// (dist-tags) are ordinary small documents.
+/// Routes whose JSON body carries a package or a state rather than parameters, read whole up
+/// to `limits.inspect_publish` instead of `inspect_body`: npm publish (`PUT
+/// /api/v4/projects/:id/packages/npm/:package_name`, `lib/api/npm_project_packages.rb`; its
+/// `/-/` routes, dist-tags, are ordinary small documents) and Terraform state (`POST
+/// /api/v4/projects/:id/terraform/state/:name`).
 fn is_package_publish(method: &http::Method, path: &CanonicalPath) -> bool {
-    if method != http::Method::PUT {
-        return false;
-    }
     let Some(rest) = path.lower.strip_prefix("/api/v4/projects/") else {
         return false;
     };
+    if method == http::Method::POST {
+        // Terraform's http backend POSTs the whole state as JSON (lib/api/terraform/state.rb);
+        // real states are often megabytes. `/lock` below it is a small document.
+        return rest
+            .split_once("/terraform/state/")
+            .is_some_and(|(project, name)| {
+                !project.is_empty() && !name.is_empty() && !name.contains('/')
+            });
+    }
+    if method != http::Method::PUT {
+        return false;
+    }
     match rest.split_once("/packages/npm/") {
         Some((project, package)) => {
             !project.is_empty()

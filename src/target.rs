@@ -126,7 +126,8 @@ pub struct ClassParams<'a> {
     pub lfs_operation: Option<&'a str>,
     /// Every value of a parameter named exactly `scope`, decoded, in order.
     pub scopes: Vec<&'a str>,
-    /// All decoded query parameters, in order (for `/jwt/auth`).
+    /// All decoded query parameters, in order: `/jwt/auth` rebuilds its query from them, and
+    /// an LFS batch checks that none of them overrides the body's `operation`.
     pub registry_params: Vec<(&'a str, &'a str)>,
 }
 
@@ -601,9 +602,10 @@ fn git_action(method: &Method, rest: &[&str], params: &ClassParams<'_>) -> Optio
         ["git-upload-pack"] => read,
         ["git-receive-pack"] => Action::Push,
         // LfsApiController#batch: `download` reads, `upload` writes, anything else is not a
-        // download.
+        // download. It reads `params[:operation]`, and Rails' params merge the query over the
+        // JSON body, so the query must not say otherwise.
         ["info", "lfs", "objects", "batch"] => {
-            if params.lfs_operation == Some("download") {
+            if params.lfs_operation == Some("download") && query_agrees_on_download(params) {
                 read
             } else {
                 Action::Push
@@ -624,6 +626,17 @@ fn git_action(method: &Method, rest: &[&str], params: &ClassParams<'_>) -> Optio
         // LfsStorageController: `get '/'` downloads, `put '/*size[/authorize]'` uploads.
         ["gitlab-lfs", "objects", _, ..] => read_or_push,
         _ => return None,
+    })
+}
+
+/// Every query parameter Rails would read as `operation` (the Rack base name: `operation`,
+/// `operation[]`, `[operation]`, …) is exactly `operation=download`. Rails' `params` is
+/// `request_parameters.merge(query_parameters)`: a query `operation` replaces the JSON body's.
+fn query_agrees_on_download(params: &ClassParams<'_>) -> bool {
+    params.registry_params.iter().all(|(key, value)| {
+        let base = key.trim_start_matches(['[', ']']);
+        let base = &base[..base.find(['[', ']']).unwrap_or(base.len())];
+        base != "operation" || (*key == "operation" && *value == "download")
     })
 }
 

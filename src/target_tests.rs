@@ -463,6 +463,47 @@ fn git_routes() {
 }
 
 #[test]
+fn an_lfs_batch_operation_in_the_query_overrides_the_body() {
+    // Rails' `params` merges the query over the JSON body, so `?operation=upload` beside a
+    // `download` body is an upload at the forge: only a query that agrees keeps the read.
+    let git = |a: Action| Ok((Class::Git, path("g/p"), a, None, Shape::Git));
+    let batch = "/g/p.git/info/lfs/objects/batch";
+    let rows: &[(&[(&str, &str)], Action)] = &[
+        (&[], REPO),
+        (&[("operation", "download")], REPO),
+        (
+            &[("operation", "download"), ("operation", "download")],
+            REPO,
+        ),
+        (&[("other", "upload"), ("operations", "upload")], REPO),
+        (&[("operation", "upload")], Action::Push),
+        (
+            &[("operation", "download"), ("operation", "upload")],
+            Action::Push,
+        ),
+        (&[("operation", "")], Action::Push),
+        (&[("operation[]", "download")], Action::Push),
+        (&[("[operation]", "download")], Action::Push),
+        (&[("operation[x]", "download")], Action::Push),
+    ];
+    for (query, want) in rows {
+        let params = ClassParams {
+            lfs_operation: Some("download"),
+            registry_params: query.to_vec(),
+            ..ClassParams::default()
+        };
+        check(&[("POST", batch, git(*want))], &params);
+    }
+    // The query never turns a body that is not a download into one.
+    let params = ClassParams {
+        lfs_operation: Some("upload"),
+        registry_params: vec![("operation", "download")],
+        ..ClassParams::default()
+    };
+    check(&[("POST", batch, git(Action::Push))], &params);
+}
+
+#[test]
 fn wiki_and_design_shadow_the_project_of_their_own_name() {
     let shadow = |raw: &str| repository_shadow(&canonicalize(raw, "", true).expect(raw));
     assert_eq!(shadow("/g/p.wiki.git/info/refs"), path("g/p.wiki"));

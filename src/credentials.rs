@@ -19,15 +19,17 @@
 //! - a token header given twice: also the `", "`-joined value Puma hands the forge.
 //!
 //! Every candidate is then expanded: its trimmed form, each `glcbt-` token inside it, the
-//! token in the Kubernetes agent form `ci:<agent_id>:<token>`, and the `token`/`access_token`
-//! claims of an unverified JWT (Conan and Terraform-registry tokens wrap a job token).
+//! token in the Kubernetes agent form `ci:<agent_id>:<token>`, the `token`/`access_token`
+//! claims of an unverified JWT (Conan and Terraform-registry tokens wrap a job token), and a
+//! JWT job token as the forge verifies it (the jwt gem skips junk in the signature). JWTs are
+//! split and decoded as the jwt gem does. `tests/oracle.rs` checks all of this against Rack
+//! and GitLab's readers (`tests/oracle/rack_oracle.rb`).
 //!
 //! Values are held as [`Secret`]s from the moment they are found; errors from body parsing
 //! are fixed strings, so no token reaches a log through this module.
 
 use crate::secret::Secret;
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http::HeaderMap;
 
@@ -71,8 +73,12 @@ pub struct Param {
 pub enum BodyKind {
     /// Not parameter-bearing: streams through untouched.
     Opaque,
-    /// `application/x-www-form-urlencoded`, or a POST with no Content-Type.
+    /// `application/x-www-form-urlencoded`.
     Form,
+    /// A POST with no media type. Rack reads it as a form; a Grape endpoint whose default
+    /// format is JSON (`default_format :json`, e.g. Terraform state) parses it as JSON and
+    /// merges an object into the same params. Read both ways.
+    Untyped,
     /// `application/json`, `application/vnd.git-lfs+json` and the other JSON types.
     Json,
     Multipart {
@@ -186,11 +192,17 @@ pub fn from_headers(headers: &HeaderMap) -> Vec<Credential> {
     out
 }
 
-/// Puma joins repeated headers that map to one env key with `", "`, and the forge reads the
-/// joined string. A JWT job token split over two fields is invalid in each half but valid
-/// joined (the jwt gem decodes the signature leniently, skipping `", "`), so the joined
-/// value is a candidate too. Wire order across differently spelled names is lost in a
-/// `HeaderMap`, so every order of the spellings is tried (there are at most a few).
+/// Puma joins repeated headers that map to one env key with `", "`, in wire order, and the
+/// forge reads the joined string. A JWT job token split over several fields is invalid in
+/// each part but valid joined (the jwt gem decodes the signature leniently, skipping
+/// `", "`), so joined values are candidates too. A `HeaderMap` keeps the order of the fields
+/// of one name but not across names (`Job-Token`, `Job_Token`), so every interleaving of the
+/// names' fields is tried (each name's own order kept), and each name's fields alone (Puma
+/// 6.4.3 and later drop the underscore spellings when a dashed one is present).
+///
+/// At most [`MAX_CANDIDATES`] joins: a request with more interleavings than that (many
+/// fields under several spellings) carries more candidates than the gate looks up
+/// (`gate::MAX_CANDIDATES`), so it is refused rather than half checked.
 fn puma_joins(members: &[(&str, String)]) -> Vec<String> {
     let mut blocks: Vec<(&str, Vec<&str>)> = Vec::new();
     for (name, value) in members {
@@ -199,29 +211,50 @@ fn puma_joins(members: &[(&str, String)]) -> Vec<String> {
             None => blocks.push((name, vec![value])),
         }
     }
-    let orders: Vec<Vec<usize>> = match blocks.len() {
-        1 => vec![vec![0]],
-        2 => vec![vec![0, 1], vec![1, 0]],
-        3 => vec![
-            vec![0, 1, 2],
-            vec![0, 2, 1],
-            vec![1, 0, 2],
-            vec![1, 2, 0],
-            vec![2, 0, 1],
-            vec![2, 1, 0],
-        ],
-        n => vec![(0..n).collect(), (0..n).rev().collect()],
-    };
-    orders
-        .into_iter()
-        .map(|order| {
-            order
-                .into_iter()
-                .flat_map(|i| blocks[i].1.iter().copied())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .collect()
+    let blocks: Vec<Vec<&str>> = blocks.into_iter().map(|(_, values)| values).collect();
+    let mut out: Vec<String> = Vec::new();
+    if blocks.len() > 1 {
+        for block in blocks.iter().filter(|b| b.len() > 1) {
+            out.push(block.join(", "));
+        }
+    }
+    interleave(
+        &blocks,
+        &mut vec![0; blocks.len()],
+        &mut Vec::new(),
+        &mut out,
+    );
+    out
+}
+
+/// Every interleaving of `blocks` keeping each block's order, appended to `out` (stops at
+/// [`MAX_CANDIDATES`] entries).
+fn interleave<'a>(
+    blocks: &[Vec<&'a str>],
+    next: &mut [usize],
+    acc: &mut Vec<&'a str>,
+    out: &mut Vec<String>,
+) {
+    if out.len() >= MAX_CANDIDATES {
+        return;
+    }
+    let mut complete = true;
+    for (b, block) in blocks.iter().enumerate() {
+        if let Some(&value) = block.get(next[b]) {
+            complete = false;
+            acc.push(value);
+            next[b] += 1;
+            interleave(blocks, next, acc, out);
+            next[b] -= 1;
+            acc.pop();
+        }
+    }
+    if complete {
+        let joined = acc.join(", ");
+        if !out.contains(&joined) {
+            out.push(joined);
+        }
+    }
 }
 
 fn header_credential(name: &str, class: HeaderClass, value: &str) -> Option<Credential> {
@@ -436,6 +469,7 @@ fn derived(s: &str, markers: bool) -> Vec<(String, bool)> {
     }
     out.extend(agent_ci_token(trimmed).map(|t| (t.to_owned(), false)));
     out.extend(jwt_claims(trimmed).into_iter().map(|c| (c, false)));
+    out.extend(jwt_as_verified(trimmed).map(|c| (c, false)));
     out
 }
 
@@ -493,51 +527,53 @@ fn agent_ci_token(s: &str) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// Base64url as the jwt gem decodes it when strict decoding fails: padding optional, trailing
-/// bits ignored; `+` and `/` read as their url-safe twins.
-const JWT_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::URL_SAFE,
-    GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
-        .with_decode_allow_trailing_bits(true),
-);
+/// A JWT's segments as the jwt gem splits a token: Ruby's `String#split('.')`, which drops
+/// trailing empty segments, so `h.p.s.` and `h.p.s..` are `h.p.s` to the forge. Two segments
+/// (no signature: what the gem decodes without verifying) give an empty signature.
+fn jwt_segments(s: &str) -> Option<(&str, &str, &str)> {
+    let mut segments = s.trim_end_matches('.').split('.');
+    match (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) {
+        (Some(header), Some(payload), signature, None) => {
+            Some((header, payload, signature.unwrap_or("")))
+        }
+        _ => None,
+    }
+}
+
+/// The jwt gem's `JWT::Base64.url_decode`: strict url-safe base64, or where that fails (the
+/// gem falls back unless `strict_base64_decoding` is set) Ruby's `Base64.decode64` after
+/// `tr('-_', '+/')`, which skips characters outside the alphabet and needs no padding. The
+/// lenient reading gives the same bytes wherever the strict one succeeds.
+fn jwt_decode64(segment: &str) -> Vec<u8> {
+    let standard: Vec<u8> = segment
+        .bytes()
+        .map(|b| match b {
+            b'-' => b'+',
+            b'_' => b'/',
+            b => b,
+        })
+        .collect();
+    ruby_decode64(&standard)
+}
 
 /// The unverified payload's string claims `token` and `access_token`: what
 /// `TokenResolver#job_token_from_jwt` (Terraform modules) and Conan's token wrap. Every
-/// occurrence counts, duplicate claims included.
+/// occurrence counts, duplicate claims included. Segments are split and decoded as the jwt
+/// gem does, so a trailing `.` or junk in the signature (which the forge still verifies)
+/// hides nothing.
 fn jwt_claims(s: &str) -> Vec<String> {
-    let mut segments = s.split('.');
-    let (Some(header), Some(payload), Some(signature), None) = (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) else {
+    let Some((_, payload, _)) = jwt_segments(s) else {
         return Vec::new();
     };
-    let base64ish = |seg: &str| {
-        seg.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'='))
-    };
-    if payload.is_empty() || ![header, payload, signature].into_iter().all(base64ish) {
-        return Vec::new();
-    }
-    let cleaned: String = payload
-        .trim_end_matches('=')
-        .chars()
-        .map(|c| match c {
-            '+' => '-',
-            '/' => '_',
-            c => c,
-        })
-        .collect();
-    let Ok(decoded) = JWT_BASE64.decode(cleaned) else {
+    let Ok(text) = String::from_utf8(jwt_decode64(payload)) else {
         return Vec::new();
     };
-    let Ok(text) = std::str::from_utf8(&decoded) else {
-        return Vec::new();
-    };
-    let Ok(leaves) = body::flatten_json(text) else {
+    let Ok(leaves) = body::flatten_json(&text) else {
         return Vec::new();
     };
     leaves
@@ -545,6 +581,35 @@ fn jwt_claims(s: &str) -> Vec<String> {
         .filter(|l| l.string && (l.name == "token" || l.name == "access_token"))
         .map(|l| l.value)
         .collect()
+}
+
+/// A job token that is itself a JWT (`glcbt-` and an RS256 JWT, `Authn::Tokens::Jwt`) as the
+/// forge verifies it: header and payload as sent (the signature covers those bytes), the
+/// signature as the jwt gem's lenient decoder reads it, re-encoded cleanly. To the forge,
+/// `glcbt-h.p.s.`, a signature with junk or a space in it, or one split over two header
+/// fields (joined with `", "`) is the same token; its clean spelling is one the gateway can
+/// look up. `None` when `s` is no JWT (header and payload must decode to JSON objects, as the
+/// gem needs) or is already clean.
+fn jwt_as_verified(s: &str) -> Option<String> {
+    let (header, payload, signature) = jwt_segments(s)?;
+    let object = |segment: &str| {
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&jwt_decode64(segment))
+            .is_ok()
+    };
+    // `rsa_decode` strips the token prefix (any instance prefix included) before decoding.
+    let unprefixed = header
+        .to_ascii_lowercase()
+        .find(JOB_TOKEN_MARKER)
+        .map(|at| &header[at + JOB_TOKEN_MARKER.len()..]);
+    if !(object(header) || unprefixed.is_some_and(object)) || !object(payload) {
+        return None;
+    }
+    let signature = jwt_decode64(signature);
+    if signature.is_empty() {
+        return None;
+    }
+    let clean = format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode(signature));
+    (clean != s).then_some(clean)
 }
 
 /// True when the candidate has the prefix of a token type that is never a job token and holds

@@ -33,9 +33,10 @@ pub fn body_kind(method: &Method, headers: &HeaderMap) -> Result<BodyKind, BodyE
         .trim()
         .to_ascii_lowercase();
     let kind = if media.is_empty() {
-        // Rack's `form_data?`: a POST without a media type is a form.
+        // Rack's `form_data?`: a POST without a media type is a form; Grape may read it as
+        // JSON too.
         if *method == Method::POST {
-            BodyKind::Form
+            BodyKind::Untyped
         } else {
             BodyKind::Opaque
         }
@@ -134,6 +135,7 @@ pub async fn parse_body(kind: &BodyKind, body: Bytes) -> Result<Vec<Param>, Body
     match kind {
         BodyKind::Opaque => Ok(Vec::new()),
         BodyKind::Form => Ok(parse_form(&body)),
+        BodyKind::Untyped => parse_untyped(&body),
         BodyKind::Json => parse_json(&body),
         BodyKind::Multipart { boundary } => parse_multipart(boundary, body).await,
     }
@@ -145,6 +147,22 @@ pub async fn parse_body(kind: &BodyKind, body: Bytes) -> Result<Vec<Param>, Body
 fn parse_form(body: &[u8]) -> Vec<Param> {
     let body = body.strip_suffix(b"\0").unwrap_or(body);
     parse_pairs(&String::from_utf8_lossy(body), b"&")
+}
+
+/// A POST body without a media type: its form reading (Rack) and, where Ruby's JSON parser
+/// could read an object in it (after whitespace, a comment or a byte-order mark), its JSON
+/// reading (Grape's `default_format :json` endpoints), which must then succeed: a body that
+/// Grape would take parameters from and scopegate cannot read is refused (400).
+fn parse_untyped(body: &[u8]) -> Result<Vec<Param>, BodyError> {
+    let mut params = parse_form(body);
+    let text = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let first = text
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+    if matches!(first, Some(b'{' | b'/')) {
+        params.extend(parse_json(body)?);
+    }
+    Ok(params)
 }
 
 /// Rails' JSON params: a top-level object's members by key, anything else under `_json`;

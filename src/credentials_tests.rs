@@ -316,6 +316,126 @@ fn jwt_with_padding_and_std_alphabet_is_read() {
     assert!(jwt_claims(&format!("{}.{}", "eyJhIjoxfQ", "eyJhIjoxfQ")).is_empty());
 }
 
+/// Found by the Rack oracle (tests/oracle.rs): the jwt gem splits with Ruby's `split('.')`,
+/// which drops trailing empty segments, and decodes leniently, so a Terraform/Conan JWT with
+/// a trailing `.` or junk in its signature still verifies at the forge.
+#[test]
+fn jwt_claims_read_as_the_jwt_gem_splits_and_decodes() {
+    let wrapped = jwt(&format!(r#"{{"token":"{LEGACY}"}}"#));
+    for spelling in [
+        format!("{wrapped}."),
+        format!("{wrapped}.."),
+        format!(
+            "{}!{}",
+            &wrapped[..wrapped.len() - 4],
+            &wrapped[wrapped.len() - 4..]
+        ),
+        format!("{wrapped} x"),
+    ] {
+        assert_eq!(jwt_claims(&spelling), [LEGACY], "{spelling}");
+    }
+    let creds = credentials_from_params(&[param("token", &format!("{wrapped}."))], Origin::Query);
+    assert!(values(&creds[0]).contains(&LEGACY));
+    assert!(
+        jwt_claims(&format!("{wrapped}.x")).is_empty(),
+        "four segments"
+    );
+}
+
+/// Found by the Rack oracle: a job token in GitLab's JWT format verifies whatever junk its
+/// signature segment carries (spaces, `", "` from a header given twice, a trailing `.`), and
+/// such a value is never looked up as it is (the gate skips values with whitespace); its
+/// clean spelling is a candidate.
+#[test]
+fn jwt_job_token_is_also_read_as_the_forge_verifies_it() {
+    let sig = URL_SAFE_NO_PAD.encode([7u8; 256]);
+    let head = format!(
+        "glcbt-{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(r#"{"sub":"gid://gitlab/Ci::Build/1"}"#)
+    );
+    let clean = format!("{head}{sig}");
+    assert_eq!(jwt_as_verified(&clean), None, "already clean");
+    for spelling in [
+        format!("{clean}."),
+        format!("{head}{} {}", &sig[..20], &sig[20..]),
+        format!("{head}{}!~{}", &sig[..20], &sig[20..]),
+        format!("{head}{}=", sig),
+    ] {
+        assert_eq!(
+            jwt_as_verified(&spelling).as_deref(),
+            Some(clean.as_str()),
+            "{spelling}"
+        );
+    }
+    // With an instance prefix before `glcbt-`.
+    let prefixed = format!("acme-{clean}.");
+    assert_eq!(
+        jwt_as_verified(&prefixed).as_deref(),
+        Some(&prefixed[..prefixed.len() - 1])
+    );
+    // Not a JWT: no JSON in the header or the payload.
+    assert_eq!(jwt_as_verified("abc.def.ghij."), None);
+
+    let c = single(&[(
+        "job-token",
+        format!("{head}{} {}", &sig[..9], &sig[9..]).as_bytes(),
+    )]);
+    assert!(values(&c).contains(&clean.as_str()));
+    // Split over two fields: Puma joins them with ", ", which the decoder skips.
+    let creds = from_headers(&headers(&[
+        ("job-token", format!("{head}{}", &sig[..100]).as_bytes()),
+        ("job-token", &sig.as_bytes()[100..]),
+    ]));
+    assert!(creds.iter().any(|c| values(c).contains(&clean.as_str())));
+}
+
+/// Found by the Rack oracle: Puma joins `JOB-TOKEN`, `Job_Token` and `job-token` fields in
+/// wire order, which a `HeaderMap` does not keep across spellings; every interleaving is
+/// tried, and each spelling's fields alone (Puma 6.4.3+ drops the underscore ones).
+#[test]
+fn puma_joins_cover_every_interleaving_of_spellings() {
+    let sig = URL_SAFE_NO_PAD.encode([3u8; 256]);
+    let head = format!(
+        "glcbt-{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+        URL_SAFE_NO_PAD.encode(r#"{"sub":"1"}"#)
+    );
+    let clean = format!("{head}{sig}");
+    let (a, b, c) = (
+        format!("{head}{}", &sig[..100]),
+        sig[100..200].to_owned(),
+        sig[200..].to_owned(),
+    );
+    let creds = from_headers(&headers(&[
+        ("JOB-TOKEN", a.as_bytes()),
+        ("Job_Token", b.as_bytes()),
+        ("job-token", c.as_bytes()),
+    ]));
+    let all: Vec<&str> = creds.iter().flat_map(values).collect();
+    assert!(all.contains(&clean.as_str()), "wire order A, B, C");
+    assert!(
+        all.contains(&format!("{a}, {c}").as_str()),
+        "dashed fields alone"
+    );
+    assert!(creds.iter().all(|c| c.dedicated));
+
+    // Many fields under two spellings: more joins than the gate looks up (it refuses those).
+    let many: Vec<(String, String)> = (0..12)
+        .map(|i| {
+            let name = if i % 2 == 0 { "JOB-TOKEN" } else { "JOB_TOKEN" };
+            (name.to_owned(), format!("v{i}"))
+        })
+        .collect();
+    let pairs: Vec<(&str, &[u8])> = many
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    let creds = from_headers(&headers(&pairs));
+    let distinct: std::collections::BTreeSet<&str> = creds.iter().flat_map(values).collect();
+    assert!(distinct.len() > crate::gate::MAX_CANDIDATES);
+}
+
 #[test]
 fn jwt_in_basic_password_and_in_params() {
     let wrapped = jwt(&format!(r#"{{"access_token":"{TOKEN}"}}"#));
@@ -616,8 +736,8 @@ fn body_kinds() {
     let get = Method::GET;
     let too_long = format!("multipart/form-data; boundary={}", "b".repeat(71));
     let cases: Vec<(&Method, Option<&str>, Result<BodyKind, ()>)> = vec![
-        (&post, None, Ok(BodyKind::Form)),
-        (&post, Some(""), Ok(BodyKind::Form)),
+        (&post, None, Ok(BodyKind::Untyped)),
+        (&post, Some(""), Ok(BodyKind::Untyped)),
         (&get, None, Ok(BodyKind::Opaque)),
         (&Method::PUT, None, Ok(BodyKind::Opaque)),
         (
@@ -792,6 +912,32 @@ fn form_body_follows_rack_post() {
     let creds = credentials_from_params(&got, Origin::Body);
     assert_eq!(creds[0].slot, Slot::Body("a".into()));
     assert!(values(&creds[0]).contains(&TOKEN));
+}
+
+/// Found by the Rack oracle: Grape parses a POST body without a media type as JSON on the
+/// endpoints whose default format is JSON, and merges an object into the params.
+#[test]
+fn untyped_post_body_is_read_as_a_form_and_as_json() {
+    let got = parse(&BodyKind::Untyped, format!("job_token={LEGACY}").as_bytes()).expect("form");
+    assert_eq!(pairs(&got), [("job_token", LEGACY)]);
+    let body = format!(r#" {{"job_token":"{LEGACY}"}}"#);
+    let got = parse(&BodyKind::Untyped, body.as_bytes()).expect("json");
+    assert!(pairs(&got).contains(&("job_token", LEGACY)));
+    // What Ruby's JSON parser could read as an object and serde cannot: refused.
+    for body in [
+        &br#"{"job_token":"x" /* c */}"#[..],
+        b"/* c */ {\"job_token\":\"x\"}",
+        b"\xEF\xBB\xBF{\"job_token\":\"x\"}",
+        b"{job_token=x",
+    ] {
+        assert!(parse(&BodyKind::Untyped, body).is_err(), "{body:?}");
+    }
+    // Not JSON-like: a form only.
+    assert_eq!(
+        parse(&BodyKind::Untyped, b"[1]=x"),
+        Ok(vec![param("[1]", "x")])
+    );
+    assert_eq!(parse(&BodyKind::Untyped, b""), Ok(vec![]));
 }
 
 #[test]

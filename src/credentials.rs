@@ -35,7 +35,7 @@ use http::HeaderMap;
 
 #[path = "credentials_body.rs"]
 mod body;
-pub use body::{body_kind, parse_body};
+pub use body::{body_kind, json_sniff, parse_body, untyped_api_write};
 pub(crate) use body::{part_name, rack_file_part};
 
 /// Where a credential was found; names only, never values (safe to log).

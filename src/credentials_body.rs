@@ -642,3 +642,23 @@ pub(crate) fn rack_file_part(head: &[u8]) -> bool {
     // `encoding, _, filename = value.split("'", 3)`: without two quotes there is no name.
     last(b"filename*").is_some_and(|v| v.iter().filter(|&&b| b == b'\'').count() >= 2)
 }
+
+/// An API write (PUT, PATCH, DELETE) with no Content-Type, whose body Grape's
+/// `default_format :json` parses as JSON into params when it is JSON (POST without a type is
+/// already [`BodyKind::Untyped`]). `path_lower` is the decoded, case-folded path.
+pub fn untyped_api_write(method: &Method, headers: &HeaderMap, path_lower: &str) -> bool {
+    matches!(*method, Method::PUT | Method::PATCH | Method::DELETE)
+        && !headers.contains_key(http::header::CONTENT_TYPE)
+        && path_lower.starts_with("/api/")
+}
+
+/// Whether a body starting with `prefix` is JSON to Grape: its first byte that is not
+/// whitespace is `{` (or `/`, a comment Ruby's parser skips). `None` while `prefix` is all
+/// whitespace (more bytes are needed).
+pub fn json_sniff(prefix: &[u8]) -> Option<bool> {
+    prefix
+        .iter()
+        .copied()
+        .find(|b| !b.is_ascii_whitespace())
+        .map(|b| b == b'{' || b == b'/')
+}

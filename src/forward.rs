@@ -226,9 +226,7 @@ pub async fn forward(
 
     let (mut head, body) = resp.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    let body = IdleTimeout::new(body, config.limits.idle_timeout)
-        .map_err(|e| -> BodyError { e })
-        .boxed();
+    let body = IdleTimeout::new(client_body(body), config.limits.idle_timeout).boxed();
     Ok(Response::from_parts(head, body))
 }
 
@@ -254,10 +252,12 @@ impl<B> IdleTimeout<B> {
 #[error("stream idle for longer than the idle timeout")]
 pub struct IdleElapsed;
 
+// The error type is fixed rather than `B::Error: Into<BodyError>`: that bound, inside the
+// gate's async functions, is one the compiler cannot prove for every lifetime of the boxed
+// error (rust-lang/rust#102211). Every body is an `UpBody` by the time it is timed.
 impl<B> Body for IdleTimeout<B>
 where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BodyError>,
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
     type Data = Bytes;
     type Error = BodyError;
@@ -271,7 +271,7 @@ where
             Poll::Ready(frame) => {
                 let idle = this.idle;
                 this.timer.as_mut().reset(Instant::now() + idle);
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame)
             }
             Poll::Pending => match this.timer.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleElapsed)))),
@@ -290,21 +290,118 @@ where
 }
 
 /// The client's body as an upstream body, streamed with the idle timeout.
-pub fn stream_body(body: hyper::body::Incoming, idle: Duration) -> UpBody {
+pub fn stream_body(body: UpBody, idle: Duration) -> UpBody {
     IdleTimeout::new(body, idle).boxed()
 }
 
 /// Reads a parameter-bearing body whole, up to `limit` bytes, for inspection.
 pub async fn read_limited(
-    body: hyper::body::Incoming,
+    mut body: UpBody,
     limit: usize,
     idle: Duration,
 ) -> Result<Bytes, Refusal> {
-    let timed = IdleTimeout::new(body, idle);
-    match http_body_util::Limited::new(timed, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::PayloadTooLarge),
-        Err(_) => Err(Refusal::BadRequest("body")),
+    // By hand rather than with `http_body_util::Limited`: its boxed-error conversion, inside
+    // the gate's async functions, trips rust-lang/rust#102211.
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let next = tokio::time::timeout(idle, NextFrame(&mut body)).await;
+        match next {
+            Err(_) | Ok(Some(Err(_))) => return Err(Refusal::BadRequest("body")),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        return Err(Refusal::PayloadTooLarge);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+}
+
+/// The client's body in the one type every later phase takes.
+pub fn client_body(body: hyper::body::Incoming) -> UpBody {
+    body.map_err(|e| -> BodyError { Box::new(e) }).boxed()
+}
+
+/// How far [`peek_json`] looks for the first byte that is not whitespace.
+const PEEK_LIMIT: usize = 4096;
+
+/// Whether a body with no Content-Type is JSON to Grape, whose `default_format :json` parses
+/// such bodies of POST/PUT/PATCH/DELETE into params: its first byte that is not whitespace is
+/// `{` (or `/`, a comment Ruby's parser skips). Returns the answer and what was read, which
+/// [`unpeek`] puts back in front of the body, so nothing is lost whichever way it goes.
+pub async fn peek_json(body: &mut UpBody, idle: Duration) -> Result<(bool, Vec<Bytes>), Refusal> {
+    let mut peeked: Vec<Bytes> = Vec::new();
+    let mut seen = 0;
+    let json = loop {
+        let next = tokio::time::timeout(idle, NextFrame(body)).await;
+        match next {
+            Err(_) | Ok(Some(Err(_))) => return Err(Refusal::BadRequest("body")),
+            Ok(None) => break false,
+            Ok(Some(Ok(frame))) => {
+                // Trailers carry no parameters; they are not forwarded.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let sniffed = crate::credentials::json_sniff(&data);
+                seen += data.len();
+                peeked.push(data);
+                if let Some(json) = sniffed {
+                    break json;
+                }
+                if seen > PEEK_LIMIT {
+                    break false;
+                }
+            }
+        }
+    };
+    Ok((json, peeked))
+}
+
+/// `body` with `peeked` (what [`peek_json`] read of it) put back in front.
+pub fn unpeek(peeked: Vec<Bytes>, body: UpBody) -> UpBody {
+    Prefixed {
+        prefix: peeked.into(),
+        rest: body,
+    }
+    .boxed()
+}
+
+/// Chunks already read from a body, then the rest of it.
+struct Prefixed {
+    prefix: std::collections::VecDeque<Bytes>,
+    rest: UpBody,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(chunk) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.is_end_stream()
+    }
+}
+
+/// The next frame of a body, as a plain future (no closure, no borrowed adapter type).
+struct NextFrame<'a>(&'a mut UpBody);
+
+impl Future for NextFrame<'_> {
+    type Output = Option<Result<Frame<Bytes>, BodyError>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut *self.0).poll_frame(cx)
     }
 }
 

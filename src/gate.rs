@@ -226,9 +226,19 @@ impl Gate {
         } else {
             config.limits.inspect_body
         };
-        let (body, body_params) = self
-            .read_body(head.kind.clone(), &parts.headers, body, limit, ctx)
-            .await?;
+        let untyped = head.kind == BodyKind::Opaque
+            && credentials::untyped_api_write(&parts.method, &parts.headers, &head.path.lower);
+        let body = forward::client_body(body);
+        let read = read_body(
+            head.kind.clone(),
+            untyped,
+            content_length(&parts.headers),
+            body,
+            limit,
+            config.limits.idle_timeout,
+        )
+        .await;
+        let (body, body_params) = read.map_err(|(reason, r)| refuse_with(ctx, reason, r))?;
         creds.extend(credentials::credentials_from_params(
             &body_params,
             Origin::Body,
@@ -443,40 +453,6 @@ impl Gate {
         forwarding.await
     }
 
-    /// Reads a parameter-bearing body whole (bounded) and parses it; streams anything else.
-    async fn read_body(
-        &self,
-        kind: BodyKind,
-        headers: &http::HeaderMap,
-        body: Incoming,
-        limit: usize,
-        ctx: &mut Ctx,
-    ) -> Result<(UpBody, Vec<Param>), Refusal> {
-        let limits = &self.config.limits;
-        if kind == BodyKind::Opaque {
-            return Ok((forward::stream_body(body, limits.idle_timeout), Vec::new()));
-        }
-        let declared = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(refuse_with(ctx, "body_too_large", Refusal::PayloadTooLarge));
-        }
-        let bytes: Bytes = forward::read_limited(body, limit, limits.idle_timeout)
-            .await
-            .map_err(|r| refuse_with(ctx, "body", r))?;
-        // An empty body holds no parameters (Rack parses none; Rails' JSON parser skips it).
-        let params = if bytes.is_empty() {
-            Vec::new()
-        } else {
-            credentials::parse_body(&kind, bytes.clone())
-                .await
-                .map_err(|_| refuse_with(ctx, "malformed_body", Refusal::BadRequest("body")))?
-        };
-        Ok((forge::full(bytes), params))
-    }
-
     /// Looks up every distinct candidate (concurrently, cached) and applies SPEC §1's rules.
     async fn resolve_credentials(
         &self,
@@ -496,12 +472,13 @@ impl Gate {
             ));
         }
         let prefix = self.config.instance_prefix.as_str();
-        let lookups = ctx.candidates.iter().map(|c| async move {
-            if credentials::is_known_non_job(c.expose(), prefix) || cannot_be_issued(c.expose()) {
-                return Ok((c.clone(), Lookup::NotJob));
-            }
-            self.jobs.lookup(c, client_ip).await.map(|l| (c.clone(), l))
-        });
+        // A named async fn rather than an async closure: the closure's borrow of `self`
+        // makes the connection future's `Send` bound unprovable (rust-lang/rust#102211).
+        let lookups: Vec<_> = ctx
+            .candidates
+            .iter()
+            .map(|c| lookup_one(&self.jobs, c.clone(), prefix, client_ip))
+            .collect();
         let mut answers: BTreeMap<Secret, Lookup> = BTreeMap::new();
         for answer in futures_util::future::join_all(lookups).await {
             match answer {
@@ -908,6 +885,22 @@ fn one_value<'a>(
     }
 }
 
+/// One candidate's answer: skipped by format, or from the cache / a shared look-up.
+async fn lookup_one(
+    jobs: &JobResolver,
+    candidate: Secret,
+    prefix: &str,
+    client_ip: IpAddr,
+) -> Result<(Secret, Lookup), crate::forge::LookupFailure> {
+    if credentials::is_known_non_job(candidate.expose(), prefix)
+        || cannot_be_issued(candidate.expose())
+    {
+        return Ok((candidate, Lookup::NotJob));
+    }
+    let answer = jobs.lookup(&candidate, client_ip).await?;
+    Ok((candidate, answer))
+}
+
 /// A value with whitespace or a control character in it is no token the forge issued (job
 /// tokens are `[A-Za-z0-9_.-]`): such candidates (a whole `Basic …` header, say) are "not a
 /// job token" without a look-up. The narrower candidates of the same credential (its last
@@ -946,6 +939,57 @@ fn is_package_publish(method: &http::Method, path: &CanonicalPath) -> bool {
         }
         None => false,
     }
+}
+
+/// Reads a parameter-bearing body whole (bounded) and parses it; streams anything else. An
+/// untyped API write is peeked at first: JSON to Grape is read, anything else streams.
+///
+/// A free function over owned values: with `&self` or `&mut Ctx` captured, a body value held
+/// across its awaits defeats the compiler's proof that the connection future is `Send`
+/// (rust-lang/rust#102211). The caller records the refusal's reason.
+async fn read_body(
+    kind: BodyKind,
+    untyped: bool,
+    declared: Option<u64>,
+    body: UpBody,
+    limit: usize,
+    idle: std::time::Duration,
+) -> Result<(UpBody, Vec<Param>), (&'static str, Refusal)> {
+    let (kind, body) = if untyped {
+        let mut body = body;
+        let (json, peeked) = forward::peek_json(&mut body, idle)
+            .await
+            .map_err(|r| ("body", r))?;
+        let kind = if json { BodyKind::Untyped } else { kind };
+        (kind, forward::unpeek(peeked, body))
+    } else {
+        (kind, body)
+    };
+    if kind == BodyKind::Opaque {
+        return Ok((forward::stream_body(body, idle), Vec::new()));
+    }
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(("body_too_large", Refusal::PayloadTooLarge));
+    }
+    let bytes: Bytes = forward::read_limited(body, limit, idle)
+        .await
+        .map_err(|r| ("body", r))?;
+    // An empty body holds no parameters (Rack parses none; Rails' JSON parser skips it).
+    let params = if bytes.is_empty() {
+        Vec::new()
+    } else {
+        credentials::parse_body(&kind, bytes.clone())
+            .await
+            .map_err(|_| ("malformed_body", Refusal::BadRequest("body")))?
+    };
+    Ok((forge::full(bytes), params))
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 fn distinct_candidates(creds: &[Credential]) -> Vec<Secret> {

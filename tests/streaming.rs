@@ -248,3 +248,52 @@ async fn npm_publish_json_has_its_own_bound() {
     h.assert_denied(resp, 413).await;
     h.stop().await;
 }
+
+/// An API PUT/PATCH/DELETE with no Content-Type: Grape's `default_format :json` parses a
+/// JSON body into params, so scopegate peeks at it; anything else (a `curl -T` package upload)
+/// streams untouched, whatever its size.
+#[tokio::test]
+async fn untyped_api_writes_are_peeked_json_read_binary_streamed() {
+    let mut opts = Options::new(PROJECTS);
+    opts.yaml = format!("limits: {{ inspect_body: 1KiB }}\n{PROJECTS}");
+    let h = Harness::with(opts).await;
+    let put = |path: &str, body: Vec<u8>| {
+        let req = h.http.put(h.url(path)).body(body);
+        // reqwest adds no Content-Type to a raw body: the request is untyped, as curl -T's is.
+        req.send()
+    };
+    // JSON carrying a foreign job token, after some whitespace: read, decided, denied.
+    let json = format!("  \n{{\"job_token\":\"{TOK_OTHER}\",\"description\":\"x\"}}");
+    let resp = put("/api/v4/projects/2/variables/X", json.into_bytes())
+        .await
+        .expect("put");
+    h.assert_denied(resp, 404).await;
+    // The project's own token in the JSON: forwarded byte for byte.
+    let json = format!("{{\"job_token\":\"{TOK_APP}\"}}");
+    let resp = put("/api/v4/projects/2/variables/X", json.clone().into_bytes())
+        .await
+        .expect("put");
+    let rec = h.assert_forwarded(resp).await;
+    assert_eq!(&rec.body[..], json.as_bytes());
+    // A 3 MiB binary upload with no Content-Type (generic packages): streams, not 413.
+    h.forge.clear();
+    let blob: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let resp = h
+        .http
+        .put(h.url("/api/v4/projects/2/packages/generic/pkg/1.0/file.bin"))
+        .header("JOB-TOKEN", TOK_APP)
+        .body(blob.clone())
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status().as_u16(), 200);
+    h.forge
+        .wait_until(|reqs, _| reqs.len() == 1 && reqs[0].ended)
+        .await;
+    let rec = &h.forge.requests()[0];
+    assert!(rec.complete);
+    assert_eq!(rec.body_len as usize, blob.len());
+    let want: [u8; 32] = Sha256::digest(&blob).into();
+    assert_eq!(rec.body_sha256, want);
+    h.stop().await;
+}

@@ -309,11 +309,12 @@ impl Gate {
             ctx.class = t.class;
         }
         let shape = shallow.as_ref().map(|t| t.shape).unwrap_or(Shape::Api);
+        let runner_job = shallow.as_ref().ok().and_then(|t| t.job_id);
 
         // Phase: resolve.
         let client_ip = forward::client_ip(config, &head.headers, head.peer.ip());
         let holder = self
-            .resolve_credentials(creds, client_ip, shape, ctx)
+            .resolve_credentials(creds, client_ip, shape, runner_job, ctx)
             .await?;
 
         let mut path_and_query = ctx.raw_target.clone();
@@ -459,6 +460,7 @@ impl Gate {
         creds: &[Credential],
         client_ip: IpAddr,
         shape: Shape,
+        runner_job: Option<u64>,
         ctx: &mut Ctx,
     ) -> Result<Holder, Refusal> {
         if creds.is_empty() {
@@ -519,14 +521,26 @@ impl Gate {
         // No live job token. A finished job's token, or a dedicated slot holding something
         // that is no job token, is refused — except on the runner's own routes, which the forge
         // binds to the job itself and which the runner still calls as the job ends.
+        let finished_jobs: Vec<Option<u64>> = creds
+            .iter()
+            .flat_map(|c| c.candidates.iter())
+            .filter_map(|v| match answers.get(v) {
+                Some(Lookup::Finished(job)) => Some(*job),
+                _ => None,
+            })
+            .collect();
         if ctx.class == Class::RunnerOwn {
+            // Still, a finished job's token is its own job's only: another job's id is
+            // refused as for a live token.
+            if finished_jobs
+                .iter()
+                .any(|j| j.is_some() && *j != runner_job)
+            {
+                return Ok(Holder::Ambiguous("other_job"));
+            }
             return Ok(Holder::NoJobToken);
         }
-        let finished = creds.iter().any(|c| {
-            c.candidates
-                .iter()
-                .any(|v| answers.get(v) == Some(&Lookup::Finished))
-        });
+        let finished = !finished_jobs.is_empty();
         if finished {
             return Err(refuse_with(
                 ctx,

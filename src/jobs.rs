@@ -29,8 +29,9 @@ pub struct JobIdentity {
 pub enum Lookup {
     /// 200, status `running` or `canceling`.
     Live(JobIdentity),
-    /// 200 in any other status: a job token that is no longer live.
-    Finished,
+    /// 200 in any other status: a job token that is no longer live (with its job's id, when
+    /// the forge said it).
+    Finished(Option<u64>),
     /// 401: not a job token (or skipped by format, see [`crate::credentials::is_known_non_job`]).
     NotJob,
 }
@@ -140,7 +141,7 @@ impl JobResolver {
                 Ok(answer) => {
                     let ttl = match answer {
                         Lookup::Live(_) => config.cache.ttl,
-                        Lookup::Finished | Lookup::NotJob => config.cache.negative_ttl,
+                        Lookup::Finished(_) | Lookup::NotJob => config.cache.negative_ttl,
                     };
                     slots.insert(key, Slot::Ready(answer.clone(), now + ttl));
                 }
@@ -199,7 +200,7 @@ pub fn parse_job(body: &[u8], relative_url_root: &str) -> Result<Lookup, LookupF
         .and_then(|s| s.as_str())
         .ok_or(LookupFailure::Malformed)?;
     if !matches!(status, "running" | "canceling") {
-        return Ok(Lookup::Finished);
+        return Ok(Lookup::Finished(v.get("id").and_then(|s| s.as_u64())));
     }
     let job_id = v
         .get("id")
@@ -265,7 +266,10 @@ mod tests {
             "success", "failed", "canceled", "created", "pending", "manual",
         ] {
             let body = format!(r#"{{"id":8,"status":"{status}","pipeline":{{"project_id":1}}}}"#);
-            assert_eq!(parse_job(body.as_bytes(), "").ok(), Some(Lookup::Finished));
+            assert_eq!(
+                parse_job(body.as_bytes(), "").ok(),
+                Some(Lookup::Finished(Some(8)))
+            );
         }
     }
 

@@ -228,7 +228,8 @@ async fn runner_routes_of_the_tokens_own_job_pass_in_any_job_status() {
 async fn runner_routes_of_another_job_are_404_untouched() {
     let h = Harness::start().await;
     // Job 104 exists (g/other's), 999 does not: the answer is the same.
-    for (token, own) in [(TOK_APP, JOB_APP), (TOK_CANCELING, 107)] {
+    // A finished job's token too: it is its own job's only, even as that job ends.
+    for (token, own) in [(TOK_APP, JOB_APP), (TOK_CANCELING, 107), (TOK_DONE, 108)] {
         for other in [104, 999] {
             for (label, req) in runner_calls(token, other) {
                 let label = format!("job {own}'s token on job {other}: {label}");

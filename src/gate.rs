@@ -6,19 +6,16 @@
 
 use crate::admin::Metrics;
 use crate::canonical::{self, CanonicalPath};
-use crate::config::{Config, DenyResponse, Dependencies, Mode, Ref};
+use crate::config::{Config, Mode};
 use crate::credentials::{self, BodyKind, Credential, Origin, Param};
 use crate::error::Refusal;
-use crate::forge::{self, HttpClient, UpBody};
+use crate::forge::{HttpClient, UpBody};
 use crate::forward::{self, Outbound};
-use crate::inspect::{self, ScanError};
 use crate::jobs::{JobIdentity, JobResolver, Lookup};
 use crate::logging;
-use crate::policy::{self, Decision, SourceProject, TargetProject};
 use crate::resolve::Resolver;
 use crate::secret::Secret;
-use crate::target::{self, Class, ClassParams, RegistryRequest, Reject, Shape, Target};
-use bytes::Bytes;
+use crate::target::{self, Class, ClassParams, Reject, Shape};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +27,11 @@ use tokio::time::Instant;
 /// More distinct candidate values than this in one request is no client's doing: refused
 /// (400) rather than fanned out into forge look-ups.
 pub const MAX_CANDIDATES: usize = 32;
+
+mod body;
+mod decide;
+
+use body::{content_length, is_package_publish, read_body};
 
 /// Everything one configuration generation needs to decide requests.
 pub struct Gate {
@@ -373,87 +375,6 @@ impl Gate {
         Ok(path_and_query)
     }
 
-    /// Whether a multipart body streams (too large, or of unknown length, to read whole).
-    fn streams(&self, headers: &http::HeaderMap) -> bool {
-        let declared = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        declared.map_or(true, |n| n > self.config.limits.inspect_body as u64)
-    }
-
-    /// A multipart upload too large to read whole: decided on its head first, then streamed to
-    /// the forge while its fields are scanned; the end of the request is held back until the
-    /// fields' credentials (if any) have been decided on too. A late denial aborts the upstream
-    /// request, so the forge never holds a complete request, and the client gets the refusal.
-    #[allow(clippy::too_many_arguments)]
-    async fn stream_upload(
-        &self,
-        head: Head,
-        creds: Vec<Credential>,
-        boundary: &str,
-        parts: http::request::Parts,
-        body: Incoming,
-        tls: bool,
-        ctx: &mut Ctx,
-    ) -> Result<Response<UpBody>, Refusal> {
-        let limits = &self.config.limits;
-        let path_and_query = self.authorize(&head, &creds, &[], ctx).await?;
-        let streamed =
-            inspect::stream_multipart(body, boundary, limits.inspect_body, limits.idle_timeout);
-        let forwarding = forward::forward(
-            &self.config,
-            &self.client,
-            Outbound {
-                parts,
-                body: streamed.body,
-                path_and_query,
-                peer: head.peer,
-                tls,
-                upgrade: None,
-            },
-        );
-        tokio::pin!(forwarding);
-        let release = streamed.release;
-        let outcome = tokio::select! {
-            // The forge answered before the whole body was sent: it has not received the end
-            // of the request (held back), so it acted on nothing; its answer goes back as is.
-            // Dropping `release` withholds the end for good.
-            answered = &mut forwarding => return answered,
-            outcome = streamed.outcome => outcome,
-        };
-        let params = match outcome {
-            Ok(Ok(params)) => params,
-            Ok(Err(ScanError::TooLarge)) => {
-                return Err(refuse_with(ctx, "body_too_large", Refusal::PayloadTooLarge))
-            }
-            Ok(Err(ScanError::Aborted)) | Err(_) => {
-                return Err(refuse_with(ctx, "body", Refusal::BadRequest("body")))
-            }
-            Ok(Err(ScanError::Malformed(_))) => {
-                return Err(refuse_with(
-                    ctx,
-                    "malformed_body",
-                    Refusal::BadRequest("body"),
-                ))
-            }
-        };
-        let late = credentials::credentials_from_params(&params, Origin::Body);
-        let conflicting = credentials::single_value(&params, "service").is_err();
-        if !late.is_empty() || conflicting {
-            let mut all = creds;
-            all.extend(late);
-            // The decision on the whole request replaces the one on its head.
-            *ctx = Ctx::for_request(ctx.method.clone(), ctx.raw_target.clone());
-            if let Err(refusal) = self.authorize(&head, &all, &params, ctx).await {
-                let _ = release.send(false);
-                return Err(refusal);
-            }
-        }
-        let _ = release.send(true);
-        forwarding.await
-    }
-
     /// Looks up every distinct candidate (concurrently, cached) and applies SPEC §1's rules.
     async fn resolve_credentials(
         &self,
@@ -560,254 +481,6 @@ impl Gate {
 }
 
 impl Gate {
-    /// The decide phase for a request carrying exactly one live job token.
-    async fn decide(
-        &self,
-        job: &JobIdentity,
-        target: &Target,
-        shadow: Option<&Ref>,
-        path_and_query: &mut String,
-        ctx: &mut Ctx,
-    ) -> Result<Verdict, Refusal> {
-        let config = &*self.config;
-        let shape = target.shape;
-        let not_found = Refusal::NotFound(shape);
-        Ok(match target.class {
-            Class::JobOwn => Verdict::Allow("job_own"),
-            Class::RegistryLogin => Verdict::Allow("registry_login"),
-            Class::RunnerOwn => {
-                if target.job_id == Some(job.job_id) {
-                    Verdict::Allow("own_job")
-                } else {
-                    Verdict::Deny("other_job", not_found)
-                }
-            }
-            Class::RunnerDependency => match (config.dependencies, target.job_id) {
-                (Dependencies::Forge, _) => Verdict::Allow("dependency_checked_by_forge"),
-                (Dependencies::Strict, Some(id)) if id == job.job_id => Verdict::Allow("own_job"),
-                (Dependencies::Strict, Some(id)) => {
-                    if self
-                        .resolver
-                        .job_in_project(job.project_id, id)
-                        .await
-                        .map_err(|f| self.unavailable(ctx, f))?
-                    {
-                        Verdict::Allow("dependency_same_project")
-                    } else {
-                        Verdict::Deny("dependency_other_project", not_found)
-                    }
-                }
-                (Dependencies::Strict, None) => Verdict::Deny("dependency_unresolved", not_found),
-            },
-            Class::Route => {
-                let Some(route) = target.route.and_then(|i| config.routes.get(i)) else {
-                    return Ok(Verdict::Deny("unknown_route", not_found));
-                };
-                let source = self.source(job, ctx).await?;
-                let dir = self
-                    .resolver
-                    .directory(
-                        &source,
-                        None,
-                        &route.sources.projects,
-                        &route.sources.groups,
-                    )
-                    .await
-                    .map_err(|f| self.unavailable(ctx, f))?;
-                if policy::source_allowed(&route.sources, &dir, &source) {
-                    Verdict::Allow("route_source")
-                } else {
-                    Verdict::Deny("route_source", not_found)
-                }
-            }
-            Class::Unknown => Verdict::Deny("unknown_route", not_found),
-            Class::Api | Class::Git => {
-                let Some(reference) = &target.project else {
-                    return Ok(Verdict::Deny("unresolved_target", not_found));
-                };
-                let source = self.source(job, ctx).await?;
-                // `/g/p.wiki.git` is the project `g/p.wiki` when one exists (GitLab's
-                // RepoPath tries it first): scope against what the forge will serve.
-                let shadowed = match shadow {
-                    Some(r) => self.target(r, &source, ctx).await?,
-                    None => None,
-                };
-                let resolved = match shadowed {
-                    Some(t) => Some(t),
-                    None => self.target(reference, &source, ctx).await?,
-                };
-                let Some(t) = resolved else {
-                    return Ok(Verdict::Deny("unresolved_target", not_found));
-                };
-                let dir = self
-                    .resolver
-                    .directory(&source, Some(&t), &[], &[])
-                    .await
-                    .map_err(|f| self.unavailable(ctx, f))?;
-                let decision = policy::decide(config, &dir, &source, &t, target.action);
-                self.verdict(decision, shape, &source, &t)
-            }
-            Class::Registry => {
-                let Some(registry) = &target.registry else {
-                    return Ok(Verdict::Deny(
-                        "registry_scope",
-                        Refusal::NotFound(Shape::Registry),
-                    ));
-                };
-                self.decide_registry(job, registry, path_and_query, ctx)
-                    .await?
-            }
-        })
-    }
-
-    /// Filters each `repository:IMAGE:ACTIONS` scope's actions (SPEC §3), drops scopes with
-    /// none left, and rebuilds the query from what was parsed.
-    async fn decide_registry(
-        &self,
-        job: &JobIdentity,
-        registry: &RegistryRequest,
-        path_and_query: &mut String,
-        ctx: &mut Ctx,
-    ) -> Result<Verdict, Refusal> {
-        let config = &*self.config;
-        let source = self.source(job, ctx).await?;
-        let mut kept = Vec::new();
-        let mut filtered = false;
-        let mut targets = Vec::new();
-        for scope in &registry.scopes {
-            let Some(t) = self.registry_project(&scope.image, &source, ctx).await? else {
-                filtered = true;
-                continue;
-            };
-            let dir = self
-                .resolver
-                .directory(&source, Some(&t), &[], &[])
-                .await
-                .map_err(|f| self.unavailable(ctx, f))?;
-            let actions: Vec<&str> = scope
-                .actions
-                .iter()
-                .map(String::as_str)
-                .filter(|a| {
-                    matches!(
-                        policy::decide_registry_action(config, &dir, &source, &t, a),
-                        Decision::Allow(_)
-                    )
-                })
-                .collect();
-            filtered |= actions.len() < scope.actions.len();
-            if !actions.is_empty() {
-                kept.push(format!(
-                    "{}:{}:{}",
-                    scope.kind,
-                    scope.image,
-                    actions.join(",")
-                ));
-            }
-            targets.push(t.path);
-        }
-        ctx.target = Some(targets.join(","));
-        if kept.is_empty() {
-            return Ok(Verdict::Deny(
-                "registry_scope",
-                Refusal::NotFound(Shape::Registry),
-            ));
-        }
-        if filtered && config.mode == Mode::Audit {
-            // Audit mode forwards the request as sent and records what enforcement would drop.
-            return Ok(Verdict::Deny(
-                "registry_scope_filtered",
-                Refusal::NotFound(Shape::Registry),
-            ));
-        }
-        let raw_path = ctx.raw_target.split('?').next().unwrap_or("/");
-        *path_and_query = rebuild_registry_query(raw_path, &registry.passthrough, &kept);
-        Ok(Verdict::Allow(if filtered {
-            "registry_scope_filtered"
-        } else {
-            "registry_scope"
-        }))
-    }
-
-    /// The project owning a registry image: the longest prefix of its path (≥ 2 segments)
-    /// that resolves to a project.
-    async fn registry_project(
-        &self,
-        image: &str,
-        source: &SourceProject,
-        ctx: &mut Ctx,
-    ) -> Result<Option<TargetProject>, Refusal> {
-        let segments: Vec<&str> = image.split('/').collect();
-        for n in (2..=segments.len()).rev() {
-            let candidate = segments[..n].join("/");
-            if target::project_ref(&candidate).is_none() {
-                continue;
-            }
-            if let Some(t) = self.target(&Ref::Path(candidate), source, ctx).await? {
-                return Ok(Some(t));
-            }
-        }
-        Ok(None)
-    }
-
-    fn verdict(
-        &self,
-        decision: Decision,
-        shape: Shape,
-        source: &SourceProject,
-        t: &TargetProject,
-    ) -> Verdict {
-        match decision {
-            Decision::Allow(a) => Verdict::Allow(a.as_str()),
-            Decision::Deny(policy::Deny::PushNotAllowed) => Verdict::Deny(
-                policy::Deny::PushNotAllowed.as_str(),
-                Refusal::PushForbidden(shape),
-            ),
-            Decision::Deny(d) => {
-                let refusal = match (self.config.deny_response, shape) {
-                    (DenyResponse::Forbidden, Shape::Api | Shape::Git) => Refusal::ForbiddenScope {
-                        source: source.path.clone(),
-                        target: t.path.clone(),
-                    },
-                    _ => Refusal::NotFound(shape),
-                };
-                Verdict::Deny(d.as_str(), refusal)
-            }
-        }
-    }
-
-    async fn source(&self, job: &JobIdentity, ctx: &mut Ctx) -> Result<SourceProject, Refusal> {
-        self.resolver
-            .source(job)
-            .await
-            .map_err(|f| self.unavailable(ctx, f))
-    }
-
-    async fn target(
-        &self,
-        reference: &Ref,
-        source: &SourceProject,
-        ctx: &mut Ctx,
-    ) -> Result<Option<TargetProject>, Refusal> {
-        let t = self
-            .resolver
-            .target(reference, source)
-            .await
-            .map_err(|f| self.unavailable(ctx, f))?;
-        if let Some(t) = &t {
-            ctx.target = Some(t.path.clone());
-        }
-        Ok(t)
-    }
-
-    fn unavailable(&self, ctx: &mut Ctx, failure: crate::forge::LookupFailure) -> Refusal {
-        self.metrics
-            .lookup_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(reason = %failure, "forge look-up failed");
-        refuse_with(ctx, "forge_unavailable", Refusal::Unavailable)
-    }
-
     /// The phase that always runs: one access-log line, one metric, one auth-log line.
     fn log(&self, ctx: &Ctx, status: http::StatusCode, started: Instant) {
         let candidates: Vec<&Secret> = ctx.candidates.iter().collect();
@@ -923,89 +596,6 @@ fn cannot_be_issued(value: &str) -> bool {
     value.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Routes whose JSON body carries a package or a state rather than parameters, read whole up
-/// to `limits.inspect_publish` instead of `inspect_body`: npm publish (`PUT
-/// /api/v4/projects/:id/packages/npm/:package_name`, `lib/api/npm_project_packages.rb`; its
-/// `/-/` routes, dist-tags, are ordinary small documents) and Terraform state (`POST
-/// /api/v4/projects/:id/terraform/state/:name`).
-fn is_package_publish(method: &http::Method, path: &CanonicalPath) -> bool {
-    let Some(rest) = path.lower.strip_prefix("/api/v4/projects/") else {
-        return false;
-    };
-    if method == http::Method::POST {
-        // Terraform's http backend POSTs the whole state as JSON (lib/api/terraform/state.rb);
-        // real states are often megabytes. `/lock` below it is a small document.
-        return rest
-            .split_once("/terraform/state/")
-            .is_some_and(|(project, name)| {
-                !project.is_empty() && !name.is_empty() && !name.contains('/')
-            });
-    }
-    if method != http::Method::PUT {
-        return false;
-    }
-    match rest.split_once("/packages/npm/") {
-        Some((project, package)) => {
-            !project.is_empty()
-                && !package.is_empty()
-                && !package.starts_with("-/")
-                && !package.contains("/-/")
-        }
-        None => false,
-    }
-}
-
-/// Reads a parameter-bearing body whole (bounded) and parses it; streams anything else. An
-/// untyped API write is peeked at first: JSON to Grape is read, anything else streams.
-///
-/// A free function over owned values: with `&self` or `&mut Ctx` captured, a body value held
-/// across its awaits defeats the compiler's proof that the connection future is `Send`
-/// (rust-lang/rust#102211). The caller records the refusal's reason.
-async fn read_body(
-    kind: BodyKind,
-    untyped: bool,
-    declared: Option<u64>,
-    body: UpBody,
-    limit: usize,
-    idle: std::time::Duration,
-) -> Result<(UpBody, Vec<Param>), (&'static str, Refusal)> {
-    let (kind, body) = if untyped {
-        let mut body = body;
-        let (json, peeked) = forward::peek_json(&mut body, idle)
-            .await
-            .map_err(|r| ("body", r))?;
-        let kind = if json { BodyKind::Untyped } else { kind };
-        (kind, forward::unpeek(peeked, body))
-    } else {
-        (kind, body)
-    };
-    if kind == BodyKind::Opaque {
-        return Ok((forward::stream_body(body, idle), Vec::new()));
-    }
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(("body_too_large", Refusal::PayloadTooLarge));
-    }
-    let bytes: Bytes = forward::read_limited(body, limit, idle)
-        .await
-        .map_err(|r| ("body", r))?;
-    // An empty body holds no parameters (Rack parses none; Rails' JSON parser skips it).
-    let params = if bytes.is_empty() {
-        Vec::new()
-    } else {
-        credentials::parse_body(&kind, bytes.clone())
-            .await
-            .map_err(|_| ("malformed_body", Refusal::BadRequest("body")))?
-    };
-    Ok((forge::full(bytes), params))
-}
-
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-}
-
 fn distinct_candidates(creds: &[Credential]) -> Vec<Secret> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
@@ -1015,51 +605,4 @@ fn distinct_candidates(creds: &[Credential]) -> Vec<Secret> {
         }
     }
     out
-}
-
-/// `/jwt/auth?service=…&account=…&scope=…`: only what scopegate parsed, allowed scopes only.
-fn rebuild_registry_query(
-    path: &str,
-    passthrough: &[(String, String)],
-    scopes: &[String],
-) -> String {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    const FORM: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
-    let mut out = String::from(path);
-    let pairs = passthrough
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .chain(scopes.iter().map(|s| ("scope", s.as_str())));
-    for (i, (k, v)) in pairs.enumerate() {
-        out.push(if i == 0 { '?' } else { '&' });
-        out.push_str(&utf8_percent_encode(k, FORM).to_string());
-        out.push('=');
-        out.push_str(&utf8_percent_encode(v, FORM).to_string());
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registry_query_is_rebuilt_from_parsed_values() {
-        let q = rebuild_registry_query(
-            "/jwt/auth",
-            &[
-                ("service".into(), "container_registry".into()),
-                ("account".into(), "gitlab-ci-token".into()),
-            ],
-            &["repository:g/p:pull,push".into()],
-        );
-        assert_eq!(
-            q,
-            "/jwt/auth?service=container_registry&account=gitlab-ci-token&scope=repository%3Ag%2Fp%3Apull%2Cpush"
-        );
-    }
 }

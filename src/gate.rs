@@ -171,7 +171,7 @@ impl Gate {
         let config = &*self.config;
         let upgrade = forward::is_websocket_upgrade(req.headers(), req.version())
             .then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let raw_path = parts.uri.path().to_owned();
         let query = parts.uri.query().map(str::to_owned);
         let root = config.upstream.relative_url_root.as_str();
@@ -202,9 +202,11 @@ impl Gate {
         ));
         let kind = credentials::body_kind(&parts.method, &parts.headers)
             .map_err(|_| refuse_with(ctx, "content_type", Refusal::BadRequest("content-type")))?;
+        // The head's headers are lent to the decision phases and handed back to the forwarder,
+        // not copied per request.
         let head = Head {
             method: parts.method.clone(),
-            headers: parts.headers.clone(),
+            headers: std::mem::take(&mut parts.headers),
             raw_path,
             query,
             path: head_path,
@@ -213,7 +215,7 @@ impl Gate {
             peer,
         };
         if let BodyKind::Multipart { boundary } = &head.kind {
-            if self.streams(&parts.headers) {
+            if self.streams(&head.headers) {
                 let boundary = boundary.clone();
                 return self
                     .stream_upload(head, creds, &boundary, parts, body, tls, ctx)
@@ -229,12 +231,12 @@ impl Gate {
             config.limits.inspect_body
         };
         let untyped = head.kind == BodyKind::Opaque
-            && credentials::untyped_api_write(&parts.method, &parts.headers, &head.path.lower);
+            && credentials::untyped_api_write(&head.method, &head.headers, &head.path.lower);
         let body = forward::client_body(body);
         let read = read_body(
             head.kind.clone(),
             untyped,
-            content_length(&parts.headers),
+            content_length(&head.headers),
             body,
             limit,
             config.limits.idle_timeout,
@@ -246,6 +248,7 @@ impl Gate {
             Origin::Body,
         ));
         let path_and_query = self.authorize(&head, &creds, &body_params, ctx).await?;
+        parts.headers = head.headers;
 
         // Phase: forward.
         forward::forward(

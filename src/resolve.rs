@@ -104,14 +104,6 @@ impl Resolver {
         reference: &Ref,
         source: &SourceProject,
     ) -> Result<Option<TargetProject>, LookupFailure> {
-        let configured = match reference {
-            Ref::Id(id) => self.config.project(*id),
-            Ref::Path(p) => self
-                .config
-                .projects
-                .iter()
-                .find(|c| c.path.as_deref() == Some(p.as_str())),
-        };
         if self.has_service_token() {
             let Some(found) = self.forge_project(reference).await? else {
                 return Ok(None);
@@ -130,6 +122,14 @@ impl Resolver {
         }
         // Without a service token: config pairs and the job's own project first, then an
         // anonymous look-up, which finds public projects only.
+        let configured = match reference {
+            Ref::Id(id) => self.config.project(*id),
+            Ref::Path(p) => self
+                .config
+                .projects
+                .iter()
+                .find(|c| c.path.as_deref() == Some(p.as_str())),
+        };
         if let Some(c) = configured {
             let path = c
                 .path

@@ -33,7 +33,7 @@ impl Gate {
         head: Head,
         creds: Vec<Credential>,
         boundary: &str,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: Incoming,
         tls: bool,
         ctx: &mut Ctx,
@@ -42,6 +42,8 @@ impl Gate {
         let path_and_query = self.authorize(&head, &creds, &[], ctx).await?;
         let streamed =
             inspect::stream_multipart(body, boundary, limits.inspect_body, limits.idle_timeout);
+        // The head is decided on again once the fields are in: the forwarder gets a copy.
+        parts.headers = head.headers.clone();
         let forwarding = forward::forward(
             &self.config,
             &self.client,
@@ -80,8 +82,9 @@ impl Gate {
             }
         };
         let late = credentials::credentials_from_params(&params, Origin::Body);
-        let conflicting = credentials::single_value(&params, "service").is_err();
-        if !late.is_empty() || conflicting {
+        // A field naming `service` may disagree with the query's: decided again like a token.
+        let classifying = params.iter().any(|p| p.name == "service");
+        if !late.is_empty() || classifying {
             let mut all = creds;
             all.extend(late);
             // The decision on the whole request replaces the one on its head.

@@ -171,7 +171,10 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             }
         }
     }));
-    tracing::info!(%addr, upstream = %config.upstream.url, mode = ?config.mode, "scopegate listening");
+    // The bound addresses (not the configured ones: port 0 picks one) so an orchestrator or a
+    // test can find both listeners from the log.
+    let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(%addr, %admin, upstream = %config.upstream.url, mode = ?config.mode, "scopegate listening");
     Ok(Running {
         addr,
         admin_addr,

@@ -7,7 +7,7 @@
 mod process;
 mod support;
 
-use process::{free_port, scopegate, Proc, BIN, PATIENCE};
+use process::{scopegate, Proc, BIN, PATIENCE};
 use scopegate::demo::forge::FakeForge;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -325,10 +325,12 @@ fn run_exits_1_when_its_port_is_taken() {
 const API_FILE: &str = "/api/v4/projects/2/repository/files/README.md/raw?ref=main";
 
 /// The gateway's config in front of `forge`: `world()`'s projects, where g/secret (2) lets
-/// g/app in, and `projects` in place of the support module's `PROJECTS`.
-fn gateway_yaml(listen: u16, admin: u16, forge: &FakeForge, projects: &str) -> String {
+/// g/app in, and `projects` in place of the support module's `PROJECTS`. Both listeners on
+/// port 0: the kernel picks free ports as they are bound and the log names them (a port
+/// picked by the test and released first could be taken by a parallel test meanwhile).
+fn gateway_yaml(forge: &FakeForge, projects: &str) -> String {
     format!(
-        "listen: 127.0.0.1:{listen}\nadmin:\n  listen: 127.0.0.1:{admin}\nupstream:\n  url: {}\n{projects}",
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nupstream:\n  url: {}\n{projects}",
         forge.url()
     )
 }
@@ -405,21 +407,25 @@ struct Gateway {
     proc: Proc,
     forge: FakeForge,
     base: String,
+    listen: u16,
     admin: u16,
     client: reqwest::Client,
 }
 
 impl Gateway {
-    /// Starts `scopegate run --config path` and waits for it to listen on the port the
-    /// config names.
-    fn start(path: &Path, forge: FakeForge, listen: u16, admin: u16) -> Gateway {
+    /// Starts `scopegate run --config path` and waits for it to listen; learns both ports
+    /// from its log.
+    fn start(path: &Path, forge: FakeForge) -> Gateway {
         let proc = Proc::run(path);
-        let addr = proc.wait_listening();
-        assert_eq!(addr.port(), listen, "{}", proc.stderr.text());
+        let (addr, admin) = proc.wait_listening_with_admin();
+        let admin = admin
+            .unwrap_or_else(|| panic!("no admin listener: {}", proc.stderr.text()))
+            .port();
         Gateway {
             proc,
             forge,
-            base: format!("http://127.0.0.1:{listen}"),
+            base: format!("http://{addr}"),
+            listen: addr.port(),
             admin,
             client: http(),
         }
@@ -454,25 +460,20 @@ impl Gateway {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_decides_and_exits_0_on_sigterm() {
     let forge = FakeForge::start(world()).await.expect("forge starts");
-    let (listen, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(
-        dir.path(),
-        "proxy",
-        &gateway_yaml(listen, admin, &forge, PROJECTS),
-    );
-    let gw = Gateway::start(&path, forge, listen, admin);
+    let path = write_config(dir.path(), "proxy", &gateway_yaml(&forge, PROJECTS));
+    let gw = Gateway::start(&path, forge);
 
     let ready = gw
         .client
-        .get(format!("http://127.0.0.1:{admin}/readyz"))
+        .get(format!("http://127.0.0.1:{}/readyz", gw.admin))
         .send()
         .await
         .expect("GET /readyz");
     assert_eq!(ready.status().as_u16(), 200);
     let health = gw
         .client
-        .get(format!("http://127.0.0.1:{admin}/healthz"))
+        .get(format!("http://127.0.0.1:{}/healthz", gw.admin))
         .send()
         .await
         .expect("GET /healthz");
@@ -521,14 +522,9 @@ async fn run_serves_decides_and_exits_0_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_an_in_flight_request_and_readyz_turns_503() {
     let forge = FakeForge::start(world()).await.expect("forge starts");
-    let (listen, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(
-        dir.path(),
-        "proxy",
-        &gateway_yaml(listen, admin, &forge, PROJECTS),
-    );
-    let mut gw = Gateway::start(&path, forge, listen, admin);
+    let path = write_config(dir.path(), "proxy", &gateway_yaml(&forge, PROJECTS));
+    let mut gw = Gateway::start(&path, forge);
 
     // An allowed upload whose body the test holds open.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
@@ -562,7 +558,7 @@ async fn sigterm_drains_an_in_flight_request_and_readyz_turns_503() {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let ready = http()
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .get(format!("http://127.0.0.1:{}/readyz", gw.admin))
             .send()
             .await
             .map(|r| r.status().as_u16());
@@ -576,7 +572,7 @@ async fn sigterm_drains_an_in_flight_request_and_readyz_turns_503() {
     }
     // The proxy port stops accepting (polled, bounded, for the same reason).
     let deadline = Instant::now() + PATIENCE;
-    while std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok() {
+    while std::net::TcpStream::connect(("127.0.0.1", gw.listen)).is_ok() {
         assert!(
             Instant::now() < deadline,
             "the proxy port still accepts during the drain"
@@ -604,14 +600,9 @@ async fn sigterm_drains_an_in_flight_request_and_readyz_turns_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_exits_0_on_sigint() {
     let forge = FakeForge::start(world()).await.expect("forge starts");
-    let (listen, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(
-        dir.path(),
-        "proxy",
-        &gateway_yaml(listen, admin, &forge, PROJECTS),
-    );
-    let mut gw = Gateway::start(&path, forge, listen, admin);
+    let path = write_config(dir.path(), "proxy", &gateway_yaml(&forge, PROJECTS));
+    let mut gw = Gateway::start(&path, forge);
     assert_eq!(gw.status(TOK_APP).await, 200);
     gw.proc.signal("INT");
     let status = gw.proc.wait_exit(PATIENCE);
@@ -713,18 +704,13 @@ fn swap_symlink(link: &Path, target: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symlink_swaps_and_sighup_reload_and_a_broken_version_changes_nothing() {
     let forge = FakeForge::start(world()).await.expect("forge starts");
-    let (listen, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().expect("tempdir");
     let versions = dir.path().join("versions");
     std::fs::create_dir(&versions).expect("mkdir");
-    let v1 = write_config(
-        &versions,
-        "v1",
-        &gateway_yaml(listen, admin, &forge, PROJECTS),
-    );
+    let v1 = write_config(&versions, "v1", &gateway_yaml(&forge, PROJECTS));
     let link = dir.path().join("proxy.yaml");
     std::os::unix::fs::symlink(&v1, &link).expect("symlink");
-    let gw = Gateway::start(&link, forge, listen, admin);
+    let gw = Gateway::start(&link, forge);
 
     assert_eq!(gw.generation().await, 1);
     assert_eq!(gw.status(TOK_APP).await, 200);
@@ -735,7 +721,7 @@ async fn symlink_swaps_and_sighup_reload_and_a_broken_version_changes_nothing() 
     );
 
     // A good change, by swapping the symlink only: g/other is let in.
-    let good = gateway_yaml(listen, admin, &gw.forge, &projects_letting_other_in());
+    let good = gateway_yaml(&gw.forge, &projects_letting_other_in());
     let v2 = write_config(&versions, "v2", &good);
     let mark = gw.proc.stderr.len();
     swap_symlink(&link, &v2);
@@ -789,17 +775,12 @@ async fn symlink_swaps_and_sighup_reload_and_a_broken_version_changes_nothing() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewritten_config_file_is_reloaded_without_a_signal() {
     let forge = FakeForge::start(world()).await.expect("forge starts");
-    let (listen, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(
-        dir.path(),
-        "proxy",
-        &gateway_yaml(listen, admin, &forge, PROJECTS),
-    );
-    let gw = Gateway::start(&path, forge, listen, admin);
+    let path = write_config(dir.path(), "proxy", &gateway_yaml(&forge, PROJECTS));
+    let gw = Gateway::start(&path, forge);
     assert_eq!(gw.status(TOK_OTHER).await, 404);
 
-    let good = gateway_yaml(listen, admin, &gw.forge, &projects_letting_other_in());
+    let good = gateway_yaml(&gw.forge, &projects_letting_other_in());
     std::fs::write(&path, &good).expect("rewrite config");
     // An editor's save can arrive as several events (truncate, write): whichever reads the
     // complete file counts the generation.

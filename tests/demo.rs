@@ -6,7 +6,7 @@
 
 mod process;
 
-use process::{free_port, Proc, BIN, PATIENCE};
+use process::{Proc, BIN, PATIENCE};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -14,20 +14,44 @@ use std::time::Duration;
 /// The banner's last line.
 const BANNER_END: &str = "Ctrl-C stops the demo";
 
-/// `scopegate demo` on `127.0.0.1:<port>`, with its temporary files under `tmp`.
-fn start_demo(port: u16, tmp: &Path) -> Proc {
+/// `scopegate demo` on `listen`, with its temporary files under `tmp`.
+fn start_demo_on(listen: &str, tmp: &Path) -> Proc {
     Proc::spawn(
         Command::new(BIN)
             .arg("demo")
-            .env("SCOPEGATE_DEMO_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SCOPEGATE_DEMO_LISTEN", listen)
             .env("TMPDIR", tmp),
     )
 }
 
+/// `scopegate demo` on a port the kernel picks when the demo binds it (a port picked by the
+/// test and released first could be taken by a parallel test before the demo binds it).
+fn start_demo(tmp: &Path) -> Proc {
+    start_demo_on("127.0.0.1:0", tmp)
+}
+
+/// The gateway address the banner announces.
+fn gateway_addr(banner: &str) -> String {
+    banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("gateway"))
+        .and_then(|rest| rest.trim().strip_prefix("http://"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no gateway address in the banner:\n{banner}"))
+        .to_string()
+}
+
 /// Waits for the whole banner; returns its text.
 fn banner(demo: &Proc) -> String {
-    demo.stdout
-        .expect_line(0, "the end of the demo banner", |l| l.contains(BANNER_END));
+    if let Err(e) = demo
+        .stdout
+        .wait_for(0, PATIENCE, |l| l.contains(BANNER_END))
+    {
+        panic!(
+            "waiting for the end of the demo banner: {e}\nstderr:\n{}",
+            demo.stderr.text()
+        );
+    }
     demo.stdout.text()
 }
 
@@ -158,15 +182,15 @@ fn assert_empty_dir(dir: &Path, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_does_what_its_banner_says_and_stops_on_ctrl_c() {
-    let port = free_port();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut demo = start_demo(port, tmp.path());
+    let mut demo = start_demo(tmp.path());
     let banner = banner(&demo);
-    let gateway = format!("127.0.0.1:{port}");
-    assert!(
-        banner.contains(&format!("gateway     http://{gateway}")),
-        "{banner}"
-    );
+    let gateway = gateway_addr(&banner);
+    let port: u16 = gateway
+        .strip_prefix("127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("gateway {gateway:?} is not 127.0.0.1:<port>"));
+    assert_ne!(port, 0, "{banner}");
     let printed = commands(&banner);
     for p in &printed {
         // Every command goes through the gateway, never straight to the fake forge.
@@ -221,7 +245,7 @@ async fn the_demo_does_what_its_banner_says_and_stops_on_ctrl_c() {
 fn the_demo_stops_on_sigterm_right_after_its_banner_and_removes_its_files() {
     for round in 0..3 {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut demo = start_demo(free_port(), tmp.path());
+        let mut demo = start_demo(tmp.path());
         let term = demo.arm_signal("TERM");
         banner(&demo);
         term.fire();
@@ -241,7 +265,7 @@ fn the_demo_explains_a_taken_port_and_cleans_up() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut demo = start_demo(port, tmp.path());
+    let mut demo = start_demo_on(&format!("127.0.0.1:{port}"), tmp.path());
     let status = demo.wait_exit(PATIENCE);
     let stderr = demo.stderr.text();
     assert_eq!(status.code(), Some(1), "{stderr}");

@@ -364,9 +364,13 @@ async fn responses_stream_back_as_they_are_produced() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_502() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    // Bound but never listening: connections are refused, and the port stays ours for the
+    // whole test (a released port could be taken by a parallel test).
+    let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+    closed
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
     let addr = closed.local_addr().expect("addr");
-    drop(closed); // nobody listens there now
     let gw = gateway(&format!("http://{addr}"), "").await;
     for _ in 0..2 {
         let r = client()
@@ -381,6 +385,7 @@ async fn an_unreachable_upstream_is_502() {
         );
     }
     gw.shutdown().await;
+    drop(closed);
 }
 
 #[tokio::test]

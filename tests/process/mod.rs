@@ -16,14 +16,6 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_scopegate");
 /// How long a test waits for the process to say something, or to exit.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
-/// A port nobody listens on right now: bind an ephemeral port, read it, let it go.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
-
 /// Runs `scopegate ARGS` to completion (stdin closed) and returns its output; a process that
 /// is still running after [`PATIENCE`] is killed and the test fails.
 pub fn scopegate(args: &[&str]) -> Output {
@@ -261,17 +253,33 @@ impl Proc {
 
     /// Waits for the `scopegate listening` log line; returns the address it names.
     pub fn wait_listening(&self) -> std::net::SocketAddr {
+        self.wait_listening_with_admin().0
+    }
+
+    /// Waits for the `scopegate listening` log line; returns the proxy's bound address and
+    /// the admin listener's, if it has one.
+    pub fn wait_listening_with_admin(
+        &self,
+    ) -> (std::net::SocketAddr, Option<std::net::SocketAddr>) {
         let (_, line) = self
             .stderr
             .expect_line(0, "the `scopegate listening` line", |l| {
                 l.contains("scopegate listening")
             });
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .unwrap_or_else(|| panic!("no addr= in {line:?}"));
-        addr.parse()
-            .unwrap_or_else(|e| panic!("addr= in {line:?} is not an address: {e}"))
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .to_string()
+        };
+        let parse = |v: &str| -> std::net::SocketAddr {
+            v.parse()
+                .unwrap_or_else(|e| panic!("{v:?} in {line:?} is not an address: {e}"))
+        };
+        let addr = parse(&field("addr="));
+        let admin = field("admin=");
+        let admin = (admin != "off").then(|| parse(&admin));
+        (addr, admin)
     }
 }
 

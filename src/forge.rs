@@ -36,11 +36,11 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
 }
 
-/// Builds the pooled client. `https://` forges are verified against the webpki roots plus
-/// `upstream.ca`.
+/// Builds the pooled client. `https://` forges are verified against the system's roots (as
+/// an administrator's `update-ca-certificates` or `SSL_CERT_FILE`/`SSL_CERT_DIR` left them)
+/// plus `upstream.ca`.
 pub fn build_client(config: &Config) -> Result<HttpClient, ClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut roots = system_roots();
     if let Some(ca) = &config.upstream.ca {
         let pem = std::fs::read(ca).map_err(|source| ClientError::Ca {
             path: ca.display().to_string(),
@@ -78,6 +78,23 @@ pub fn build_client(config: &Config) -> Result<HttpClient, ClientError> {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)
         .build(connector))
+}
+
+/// The system's trust store. A minimal container image may have none (no `ca-certificates`
+/// package); then the bundled Mozilla roots stand in, so a forge with a public certificate
+/// still verifies. Unreadable entries are logged and skipped, as curl and git skip them.
+fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "skipping an unreadable system trust store entry");
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::info!("no system trust store found: using the bundled Mozilla roots");
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    roots
 }
 
 /// An empty upstream body.

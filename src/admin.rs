@@ -71,7 +71,7 @@ impl Metrics {
             reload_failures: AtomicU64::new(0),
             open_connections: AtomicU64::new(0),
             ready: AtomicBool::new(true),
-            // Until the first probe says otherwise; `server::start` probes before it returns.
+            // Until a probe or a failed look-up says otherwise (see `server`).
             forge_reachable: AtomicBool::new(true),
             probe_now: Notify::new(),
         }

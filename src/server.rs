@@ -11,10 +11,12 @@
 //! new handshakes present the new certificate and established connections keep theirs.
 //!
 //! Readiness: a background probe opens a TCP connection to the forge (`upstream.url`'s host
-//! and port, bounded by `upstream_connect_timeout`) at start, every [`PROBE_INTERVAL`], after
-//! each reload and as soon as a look-up finds the forge unreachable; `/readyz` reads its
-//! last verdict and never waits on the forge itself. A TCP probe sends the forge nothing it
-//! would log or rate-limit.
+//! and port, bounded by `upstream_connect_timeout`) every [`PROBE_INTERVAL`], after each
+//! reload and as soon as a look-up finds the forge unreachable; `/readyz` reads its last
+//! verdict and never waits on the forge itself. A TCP probe sends the forge nothing it would
+//! log or rate-limit. The forge is taken as reachable until a probe or a look-up says
+//! otherwise: the first probe runs one period after start, not before the listeners open,
+//! so a start never waits on a slow forge.
 
 use crate::admin::{self, Metrics};
 use crate::config::Config;
@@ -169,8 +171,6 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         Some(store) => Some(tls_acceptor(store.clone())?),
         None => None,
     };
-    // The first verdict before any listener answers, so /readyz is right from the start.
-    probe(&config, &metrics).await;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -255,7 +255,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
 /// Keeps `metrics.forge_reachable` current: every [`PROBE_INTERVAL`], and at once when asked
 /// through `metrics.probe_now`. Probes the forge of the configuration in force.
 async fn probe_forge(gate: SharedGate, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROBE_INTERVAL, PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

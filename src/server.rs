@@ -265,7 +265,11 @@ async fn probe_forge(gate: SharedGate, metrics: Arc<Metrics>, mut shutdown: watc
             _ = shutdown.changed() => return,
         }
         let config = current(&gate).config.clone();
-        probe(&config, &metrics).await;
+        // A probe can take `upstream_connect_timeout`; shutdown does not wait for it.
+        tokio::select! {
+            _ = probe(&config, &metrics) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

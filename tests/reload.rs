@@ -12,7 +12,7 @@ use process::Proc;
 use scopegate::demo::forge::FakeForge;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{world, PROJECTS, TOK_APP, TOK_OTHER};
@@ -101,6 +101,7 @@ async fn load(
     base: String,
     worker: usize,
     stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
 ) -> Vec<Outcome> {
     let mut seen = Vec::new();
     let mut n = 0usize;
@@ -128,6 +129,7 @@ async fn load(
                 path,
                 result,
             });
+            done.fetch_add(1, Ordering::SeqCst);
         }
     }
     seen
@@ -162,6 +164,7 @@ async fn ten_reloads_under_continuous_load_fail_no_request_and_switch_decisions(
     // Four workers, each with its own client: keep-alive connections that stay open across
     // every reload (a reload swaps the configuration, never the connections).
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..4)
         .map(|w| {
             let client = reqwest::Client::builder()
@@ -170,7 +173,7 @@ async fn ten_reloads_under_continuous_load_fail_no_request_and_switch_decisions(
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("client");
-            tokio::spawn(load(client, base.clone(), w, stop.clone()))
+            tokio::spawn(load(client, base.clone(), w, stop.clone(), done.clone()))
         })
         .collect();
 
@@ -191,6 +194,13 @@ async fn ten_reloads_under_continuous_load_fail_no_request_and_switch_decisions(
     let mut probes = 0usize;
     let mut decisions_seen = HashSet::new();
     for (i, step) in steps.iter().enumerate() {
+        // The load is running as each reload happens: it has made progress since the last.
+        let before = done.load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while done.load(Ordering::SeqCst) < before + 8 {
+            assert!(Instant::now() < deadline, "step {i}: the load stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         match step {
             Step::Good { other_in: now } => {
                 replace_file(&path, &config(&forge, *now));

@@ -3,6 +3,7 @@
 //! reset on every chunk (never a total timeout: a `git clone` may take an hour), WebSocket
 //! upgrades spliced after the decision.
 
+use crate::admin::Histogram;
 use crate::config::{Cidr, Config};
 use crate::error::Refusal;
 use crate::forge::{self, BodyError, HttpClient, UpBody};
@@ -152,10 +153,12 @@ pub struct Outbound {
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
-/// Sends the request to the forge and streams the answer back.
+/// Sends the request to the forge and streams the answer back; the time to the forge's
+/// response head goes into `latency` (requests that get none, 502/504, are not observed).
 pub async fn forward(
     config: &Config,
     client: &HttpClient,
+    latency: &Histogram,
     out: Outbound,
 ) -> Result<Response<UpBody>, Refusal> {
     let Outbound {
@@ -188,13 +191,17 @@ pub async fn forward(
     *req.version_mut() = http::Version::HTTP_11;
 
     let sent = tokio::time::timeout(config.limits.upstream_response_timeout, client.request(req));
+    let sending = Instant::now();
     let mut resp = match sent.await {
         Err(_) => return Err(Refusal::GatewayTimeout),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, connect = e.is_connect(), "forwarding failed");
             return Err(Refusal::BadGateway);
         }
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(resp)) => {
+            latency.observe(sending.elapsed());
+            resp
+        }
     };
 
     if websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS {

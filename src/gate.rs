@@ -116,7 +116,7 @@ impl Gate {
         };
         Ok(Gate {
             jobs: JobResolver::new(client.clone(), config.clone(), metrics.clone()),
-            resolver: Resolver::new(client.clone(), config.clone()),
+            resolver: Resolver::new(client.clone(), config.clone()).with_metrics(metrics.clone()),
             config,
             client,
             metrics,
@@ -254,6 +254,7 @@ impl Gate {
         forward::forward(
             config,
             &self.client,
+            &self.metrics.upstream_response,
             Outbound {
                 parts,
                 body,

@@ -4,6 +4,11 @@
 //! definitive answers only (live job: `cache.ttl`; no job token: `cache.negative_ttl`; a
 //! finished job is as definitive as "not a job token" and shares its TTL), never caches a
 //! failure, and makes concurrent first requests for one token share a single look-up.
+//!
+//! Metrics: a candidate answered from a fresh entry is a cache hit; one that waits for the
+//! forge is a miss, whether it sent the look-up or joined one already under way (it waited
+//! on the forge all the same). `scopegate_job_lookups_total` counts the look-ups actually
+//! sent, so misses minus look-ups is what single flight saved.
 
 use crate::admin::Metrics;
 use crate::config::Config;
@@ -12,6 +17,7 @@ use crate::secret::Secret;
 use dashmap::DashMap;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -87,11 +93,15 @@ impl JobResolver {
         if let Some(slot) = self.slots.get(&key) {
             match &*slot {
                 Slot::Ready(answer, expires) if *expires > Instant::now() => {
-                    return Ok(answer.clone())
+                    self.metrics.job_cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(answer.clone());
                 }
                 Slot::Pending(p) => {
                     let p = p.clone();
                     drop(slot);
+                    self.metrics
+                        .job_cache_misses
+                        .fetch_add(1, Ordering::Relaxed);
                     return p.await;
                 }
                 Slot::Ready(..) => {}
@@ -113,7 +123,10 @@ impl JobResolver {
                 .entry(key)
                 .or_insert_with(|| Slot::Pending(self.start_lookup(key, header.clone(), client)));
             match &*entry {
-                Slot::Ready(answer, expires) if *expires > now => return Ok(answer.clone()),
+                Slot::Ready(answer, expires) if *expires > now => {
+                    self.metrics.job_cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(answer.clone());
+                }
                 Slot::Ready(..) => {
                     let fresh = self.start_lookup(key, header, client);
                     *entry = Slot::Pending(fresh.clone());
@@ -122,6 +135,9 @@ impl JobResolver {
                 Slot::Pending(p) => p.clone(),
             }
         };
+        self.metrics
+            .job_cache_misses
+            .fetch_add(1, Ordering::Relaxed);
         pending.await
     }
 
@@ -131,9 +147,8 @@ impl JobResolver {
         let client = self.client.clone();
         let config = self.config.clone();
         let slots = self.slots.clone();
-        self.metrics
-            .job_lookups
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.job_lookups.fetch_add(1, Ordering::Relaxed);
+        let metrics = self.metrics.clone();
         let task = tokio::spawn(async move {
             let result = fetch_job(&client, &config, token, client_ip).await;
             let now = Instant::now();
@@ -145,8 +160,12 @@ impl JobResolver {
                     };
                     slots.insert(key, Slot::Ready(answer.clone(), now + ttl));
                 }
-                Err(_) => {
+                Err(failure) => {
                     slots.remove(&key);
+                    if matches!(failure, LookupFailure::Unreachable | LookupFailure::Timeout) {
+                        // Readiness should not wait for the next periodic probe to notice.
+                        metrics.probe_now.notify_one();
+                    }
                 }
             }
             result

@@ -1,6 +1,7 @@
 //! Configuration reload: on `SIGHUP` and when the file changes on disk, the file is read and
 //! validated again; a good one replaces the running generation (requests in flight finish on
-//! the old one), a bad one is logged and the old one stays in force.
+//! the old one) and, with TLS, the certificate files are read again; a bad one is logged,
+//! counted in `scopegate_reload_failures_total`, and the old one stays in force.
 
 use crate::config::Config;
 use crate::server::Running;
@@ -21,6 +22,10 @@ pub fn reload(running: &Running, path: &Path) -> bool {
             }
         },
         Err(e) => {
+            running
+                .metrics
+                .reload_failures
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tracing::error!(error = %e, "invalid configuration; the previous configuration stays in force");
             false
         }

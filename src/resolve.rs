@@ -6,12 +6,14 @@
 //! anonymous look-up finds (public projects only). Answers (found / not found) are cached for
 //! `cache.project_ttl`; forge failures are not cached and become 503.
 
+use crate::admin::Metrics;
 use crate::config::{AccessLevel, Config, Features, Ref, Visibility};
 use crate::forge::{self, HttpClient, LookupFailure};
 use crate::jobs::JobIdentity;
 use crate::policy::{Directory, SourceProject, TargetProject};
 use dashmap::DashMap;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -47,6 +49,8 @@ pub struct Resolver {
     service_token: Option<http::HeaderValue>,
     projects: DashMap<String, (Instant, Cached<ForgeProject>)>,
     groups: DashMap<String, (Instant, Cached<ForgeGroup>)>,
+    /// Cache hits and misses (`scopegate_project_cache_*`); see [`Resolver::with_metrics`].
+    metrics: Arc<Metrics>,
 }
 
 impl Resolver {
@@ -62,7 +66,15 @@ impl Resolver {
             service_token,
             projects: DashMap::new(),
             groups: DashMap::new(),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts cache hits and misses into the gateway's metrics (without it they go to a
+    /// private set nobody reads, as in `scopegate check --forge`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn has_service_token(&self) -> bool {
@@ -230,8 +242,14 @@ impl Resolver {
     pub async fn forge_project(&self, r: &Ref) -> Result<Option<ForgeProject>, LookupFailure> {
         let key = ref_key(r);
         if let Some(hit) = fresh(&self.projects, &key) {
+            self.metrics
+                .project_cache_hits
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
+        self.metrics
+            .project_cache_misses
+            .fetch_add(1, Ordering::Relaxed);
         let answer = self
             .get(&format!("/api/v4/projects/{}", encode_ref(r)))
             .await?;
@@ -250,8 +268,14 @@ impl Resolver {
     pub async fn forge_group(&self, r: &Ref) -> Result<Option<ForgeGroup>, LookupFailure> {
         let key = ref_key(r);
         if let Some(hit) = fresh(&self.groups, &key) {
+            self.metrics
+                .project_cache_hits
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
+        self.metrics
+            .project_cache_misses
+            .fetch_add(1, Ordering::Relaxed);
         let answer = self
             .get(&format!("/api/v4/groups/{}", encode_ref(r)))
             .await?;

@@ -47,6 +47,7 @@ impl Gate {
         let forwarding = forward::forward(
             &self.config,
             &self.client,
+            &self.metrics.upstream_response,
             Outbound {
                 parts,
                 body: streamed.body,

@@ -6,71 +6,15 @@
 //! the new certificate, established connections keep theirs, a bad certificate changes
 //! nothing.
 
+#[path = "support/pki.rs"]
+mod pki;
 mod process;
 mod support;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SerialNumber};
+use pki::{pki, tls_front, write, Ca, Pki};
 use std::path::Path;
 use std::sync::Arc;
 use support::*;
-
-struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-/// A CA that signs leaves for 127.0.0.1 / localhost.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let key = KeyPair::generate().expect("ca key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        // Distinct names for the CA and the leaf: OpenSSL (curl) takes a leaf whose issuer
-        // is its own subject for a self-signed certificate.
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "scopegate test CA");
-        let cert = params.self_signed(&key).expect("ca cert");
-        Ca { cert, key }
-    }
-
-    /// A leaf with a key of its own and the given serial.
-    fn leaf(&self, serial: u64) -> Pki {
-        let leaf_key = KeyPair::generate().expect("leaf key");
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .expect("leaf params");
-        params.serial_number = Some(SerialNumber::from(serial));
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "localhost");
-        let leaf = params
-            .signed_by(&leaf_key, &self.cert, &self.key)
-            .expect("leaf cert");
-        Pki {
-            ca_pem: self.cert.pem(),
-            cert_pem: leaf.pem(),
-            key_pem: leaf_key.serialize_pem(),
-        }
-    }
-}
-
-/// A CA and a leaf for 127.0.0.1 / localhost signed by it.
-fn pki() -> Pki {
-    Ca::new().leaf(1)
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write pem");
-    p.display().to_string()
-}
 
 fn client(ca_pem: &str, http2_only: bool) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
@@ -129,44 +73,6 @@ async fn tls_listener_negotiates_h2_and_h1_and_decides_the_same() {
         h.assert_denied(denied, 404).await;
     }
     h.stop().await;
-}
-
-/// A TLS terminator in front of the fake forge, so the gateway's upstream is `https://`.
-async fn tls_front(pki: &Pki, backend: std::net::SocketAddr) -> std::net::SocketAddr {
-    let certs = rustls_pemfile::certs(&mut pki.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certs");
-    let key = rustls_pemfile::private_key(&mut pki.key_pem.as_bytes())
-        .expect("key pem")
-        .expect("a key");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server config");
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut up) = tokio::net::TcpStream::connect(backend).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test]

@@ -1,9 +1,9 @@
 //! Certificates made at test time (rcgen) and a TLS terminator in front of a plain-HTTP
-//! backend, for the tests that need an `https://` forge. Included with
-//! `#[path = "support/pki.rs"] mod pki;` by the test files that use it.
+//! backend, for the tests that need TLS. Included with `#[path = "support/pki.rs"] mod pki;`
+//! by the test files that use it.
 #![allow(dead_code)]
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SerialNumber};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,23 +13,50 @@ pub struct Pki {
     pub key_pem: String,
 }
 
+/// A CA that signs leaves for 127.0.0.1 / localhost.
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    pub fn new() -> Ca {
+        let key = KeyPair::generate().expect("ca key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct names for the CA and the leaf: OpenSSL (curl) takes a leaf whose issuer
+        // is its own subject for a self-signed certificate.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "scopegate test CA");
+        let cert = params.self_signed(&key).expect("ca cert");
+        Ca { cert, key }
+    }
+
+    /// A leaf with a key of its own and the given serial.
+    pub fn leaf(&self, serial: u64) -> Pki {
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("leaf params");
+        params.serial_number = Some(SerialNumber::from(serial));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let leaf = params
+            .signed_by(&leaf_key, &self.cert, &self.key)
+            .expect("leaf cert");
+        Pki {
+            ca_pem: self.cert.pem(),
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+        }
+    }
+}
+
 /// A CA and a leaf for 127.0.0.1 / localhost signed by it.
 pub fn pki() -> Pki {
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-    let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf_params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .expect("leaf params");
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .expect("leaf cert");
-    Pki {
-        ca_pem: ca.pem(),
-        cert_pem: leaf.pem(),
-        key_pem: leaf_key.serialize_pem(),
-    }
+    Ca::new().leaf(1)
 }
 
 /// Writes `text` to `dir/name`; returns the path as a string for a YAML config.

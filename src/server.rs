@@ -1,27 +1,39 @@
 //! Listeners, TLS, HTTP/1.1 and HTTP/2, connection limits, graceful shutdown.
 //!
 //! `start` binds the proxy (and admin) listeners and returns a [`Running`] handle; the binary,
-//! the demo, the tests and the benches all start scopegate through it. Shutdown: readiness
-//! turns 503, the listeners stop accepting, in-flight requests finish (bounded by
-//! [`DRAIN_TIMEOUT`]), then `Running::shutdown` returns.
+//! the demo, the tests and the benches all start scopegate through it.
+//!
+//! Limits owned here (SPEC §5 `limits`): the request head (hyper's read buffer for HTTP/1.1,
+//! `SETTINGS_MAX_HEADER_LIST_SIZE` for HTTP/2, and [`head_limits`] for what those cannot tell
+//! apart: 414 for a long URL, 431 otherwise), the header read timeout (slowloris), and
+//! `max_connections` (past it, new connections wait in the kernel's backlog). The plaintext
+//! listener speaks HTTP/1.1 only: h2c, by `Upgrade` or by prior knowledge, is refused (SPEC
+//! §7); HTTP/2 is offered over TLS through ALPN.
+//!
+//! Shutdown ([`Running::terminate`], on SIGTERM): readiness turns 503 at once, the listener
+//! keeps accepting for `shutdown.drain_delay`, then stops; in-flight requests get
+//! `shutdown.grace_period`, after which the connections still open are closed.
 
 use crate::admin::{self, Metrics};
 use crate::config::Config;
+use crate::error::Refusal;
 use crate::forge;
+use crate::forge::UpBody;
 use crate::gate::Gate;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-/// How long in-flight requests may run on after shutdown begins.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `max_connections` is held to this so every permit can be taken back at once when the
+/// drain waits for the last connection ([`Semaphore::acquire_many`] counts in `u32`).
+const MAX_CONNECTIONS_CAP: usize = u32::MAX as usize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -53,15 +65,41 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     gate: SharedGate,
-    shutdown: watch::Sender<bool>,
+    /// `None` while serving; `Some(grace)`: stop accepting, and give the requests in flight
+    /// `grace` before their connections are closed.
+    stop: watch::Sender<Option<Duration>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Readiness → 503, stop accepting, let in-flight requests finish (bounded), return.
-    pub async fn shutdown(self) {
+    /// The SIGTERM sequence (SPEC §6), timed by the configuration's `shutdown` keys:
+    /// readiness → 503 at once; the listener keeps accepting for `drain_delay` (a load
+    /// balancer that has not yet seen the 503 must not meet refused connections); then it
+    /// stops accepting, in-flight requests get `grace_period`, and whatever is still open
+    /// after that is closed. Returns once every connection is closed.
+    pub async fn terminate(self) {
+        let shutdown = self.config().shutdown.clone();
         self.metrics.ready.store(false, Ordering::SeqCst);
-        let _ = self.shutdown.send(true);
+        tracing::info!(
+            drain_delay = ?shutdown.drain_delay,
+            grace_period = ?shutdown.grace_period,
+            "readiness off; still accepting for the drain delay"
+        );
+        tokio::time::sleep(shutdown.drain_delay).await;
+        self.stop(shutdown.grace_period).await;
+    }
+
+    /// [`terminate`](Self::terminate) without the drain delay, for an embedding that has no
+    /// load balancer to warn (the tests, the demo, the benches): readiness → 503, stop
+    /// accepting, in-flight requests get `shutdown.grace_period`, return.
+    pub async fn shutdown(self) {
+        let grace = self.config().shutdown.grace_period;
+        self.metrics.ready.store(false, Ordering::SeqCst);
+        self.stop(grace).await;
+    }
+
+    async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(Some(grace));
         for t in self.tasks {
             let _ = t.await;
         }
@@ -121,7 +159,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         addr: config.listen,
         source,
     })?;
-    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(None);
     // The admin listener outlives the proxy's drain, so a load balancer asking /readyz hears
     // 503 (not a refused connection) while in-flight requests finish: it stops once this
     // sender, held by the proxy task, is dropped.
@@ -151,7 +189,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         config.clone(),
         tls,
         metrics.clone(),
-        shutdown_rx.clone(),
+        stop_rx.clone(),
     );
     tasks.push(tokio::spawn(async move {
         proxy.await;
@@ -161,7 +199,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     // Expired cache entries are dropped in the background so one-off junk tokens cannot
     // grow the caches without bound.
     let purge_gate = gate.clone();
-    let mut purge_rx = shutdown_rx;
+    let mut purge_rx = stop_rx;
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
@@ -180,7 +218,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         admin_addr,
         metrics,
         gate,
-        shutdown,
+        stop,
         tasks,
     })
 }
@@ -221,14 +259,11 @@ fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
+/// The TLS listener's builder: HTTP/1.1 or HTTP/2, as the client's preface says (ALPN offers
+/// both).
 fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.limits.header_read_timeout)
-        .max_buf_size(config.limits.max_request_head.max(8192))
-        .keep_alive(true);
+    http1_limits(&mut builder, config);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -238,21 +273,99 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// The plaintext listener's builder: HTTP/1.1 only. The auto builder would otherwise answer
+/// an HTTP/2 preface (`PRI * HTTP/2.0`) with HTTP/2 — h2c by prior knowledge, which SPEC §7
+/// refuses; hyper's HTTP/1 parser closes such a connection without answering.
+fn plain_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    http1_limits(&mut builder, config);
+    builder
+}
+
+fn http1_limits(builder: &mut auto::Builder<TokioExecutor>, config: &Config) {
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper times the wait for a head from its start, idle keep-alive time included:
+        // this is also how long an idle HTTP/1.1 connection is kept.
+        .header_read_timeout(config.limits.header_read_timeout)
+        // hyper refuses a buffer under 8 KiB; [`head_limits`] enforces a smaller configured
+        // head exactly.
+        .max_buf_size(config.limits.max_request_head.max(8192))
+        .keep_alive(true);
+}
+
+/// The request head's bounds, on what hyper parsed: 414 when the request-target is over
+/// `max_url`, else 431 when the head is over `max_request_head`. hyper (HTTP/1.1) and h2
+/// (HTTP/2) refuse a head that does not fit their buffers with 431 before this runs, not
+/// knowing which part outgrew them; `max_url` is at most `max_request_head`, so every URL
+/// over `max_url` whose head fits is answered 414 here.
+pub fn head_limits<B>(req: &http::Request<B>, limits: &crate::config::Limits) -> Option<Refusal> {
+    let url = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if url > limits.max_url {
+        return Some(Refusal::UriTooLong);
+    }
+    // The head as HTTP/1.1 puts it on the wire: request line, `name: value` lines, blank line.
+    let line = req.method().as_str().len() + 1 + url + " HTTP/1.1\r\n".len();
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    (line + fields + 2 > limits.max_request_head).then_some(Refusal::HeadTooLarge)
+}
+
+/// The head check, then the gate, on the configuration generation current for this request.
+async fn serve_request(
+    gate: Arc<Gate>,
+    req: http::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> http::Response<UpBody> {
+    if let Some(refusal) = head_limits(&req, &gate.config.limits) {
+        // Nothing of the request is logged: an over-long URL may well carry a token.
+        tracing::info!(%peer, status = refusal.status().as_u16(), "request head over the limits");
+        return refusal.into_response();
+    }
+    gate.handle(req, peer, tls).await
+}
+
+/// Resolves with the grace period once [`Running`] asks the listener to stop (at once, with
+/// no grace, if the handle is dropped).
+async fn stop_requested(stop: &mut watch::Receiver<Option<Duration>>) -> Duration {
+    loop {
+        if let Some(grace) = *stop.borrow_and_update() {
+            return grace;
+        }
+        if stop.changed().await.is_err() {
+            return Duration::ZERO;
+        }
+    }
+}
+
 async fn serve_proxy(
     listener: TcpListener,
     gate: SharedGate,
     config: Arc<Config>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Option<Duration>>,
 ) {
     let builder = Arc::new(connection_builder(&config));
+    let plain = Arc::new(plain_builder(&config));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(config.limits.max_connections.max(1)));
-    loop {
+    // Past `max_connections` the loop stops accepting: new connections wait in the kernel's
+    // backlog (their connect timeout applies) instead of costing a file descriptor and an
+    // answer each while the gateway is saturated.
+    let max = config.limits.max_connections.clamp(1, MAX_CONNECTIONS_CAP);
+    let permits = Arc::new(Semaphore::new(max));
+    // Set when the grace period is over: every connection still open is closed.
+    let (cut, cut_rx) = watch::channel(false);
+    let cut_count = Arc::new(AtomicUsize::new(0));
+    let grace = loop {
         let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break Duration::ZERO },
+            grace = stop_requested(&mut stop) => break grace,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -263,59 +376,92 @@ async fn serve_proxy(
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
+            grace = stop_requested(&mut stop) => break grace,
         };
         let _ = stream.set_nodelay(true);
         let gate = gate.clone();
         let builder = builder.clone();
+        let plain = plain.clone();
         let metrics = metrics.clone();
         let tls = tls.clone();
         let handshake_timeout = config.limits.header_read_timeout;
         let watcher = graceful.watcher();
+        let mut cut_rx = cut_rx.clone();
+        let cut_count = cut_count.clone();
         tokio::spawn(async move {
             let _permit = permit;
             metrics.open_connections.fetch_add(1, Ordering::Relaxed);
             let is_tls = tls.is_some();
             let service = service_fn(move |req| {
                 let gate = current(&gate);
-                async move { Ok::<_, std::convert::Infallible>(gate.handle(req, peer, is_tls).await) }
-            });
-            let result = match tls {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                async move {
+                    Ok::<_, std::convert::Infallible>(serve_request(gate, req, peer, is_tls).await)
                 }
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-                            watcher.watch(conn.into_owned()).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                            Ok(())
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            Ok(())
+            });
+            let serve = async move {
+                match tls {
+                    None => {
+                        let conn =
+                            plain.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(tls_stream)) => {
+                                let conn = builder.serve_connection_with_upgrades(
+                                    TokioIo::new(tls_stream),
+                                    service,
+                                );
+                                watcher.watch(conn.into_owned()).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                Ok(())
+                            }
                         }
                     }
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            tokio::select! {
+                result = serve => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                }
+                _ = cut_rx.wait_for(|cut| *cut) => {
+                    cut_count.fetch_add(1, Ordering::Relaxed);
+                }
             }
             metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
         });
-    }
+    };
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain timeout: closing remaining connections");
+    tracing::info!(
+        open = metrics.open_connections.load(Ordering::Relaxed),
+        ?grace,
+        "stopped accepting; in-flight requests are finishing"
+    );
+    // Every connection task holds a permit until it ends: all permits back means every
+    // connection is closed (TLS handshakes included, which `graceful` does not see).
+    let all_permits = u32::try_from(max).unwrap_or(u32::MAX);
+    let drained = async {
+        graceful.shutdown().await;
+        permits.acquire_many(all_permits).await
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        let _ = cut.send(true);
+        let _ = permits.acquire_many(all_permits).await;
+        tracing::warn!(
+            cut = cut_count.load(Ordering::Relaxed),
+            "grace period over: closed the connections still in flight"
+        );
+    } else {
+        tracing::info!("every in-flight request finished");
     }
 }
 

@@ -273,18 +273,13 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// The plaintext listener's builder: HTTP/1.1 only. The auto builder would otherwise answer
-/// an HTTP/2 preface (`PRI * HTTP/2.0`) with HTTP/2 — h2c by prior knowledge, which SPEC §7
-/// refuses; hyper's HTTP/1 parser closes such a connection without answering.
-fn plain_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    http1_limits(&mut builder, config);
+/// The plaintext listener's builder: HTTP/1.1 only. The auto builder would answer an HTTP/2
+/// preface (`PRI * HTTP/2.0`) with HTTP/2 — h2c by prior knowledge, which SPEC §7 refuses —
+/// and its `http1_only` does not apply to connections served with upgrades (which WebSocket
+/// needs). hyper's HTTP/1 parser closes such a connection without answering.
+fn plain_builder(config: &Config) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-}
-
-fn http1_limits(builder: &mut auto::Builder<TokioExecutor>, config: &Config) {
-    builder
-        .http1()
         .timer(TokioTimer::new())
         // hyper times the wait for a head from its start, idle keep-alive time included:
         // this is also how long an idle HTTP/1.1 connection is kept.
@@ -293,6 +288,33 @@ fn http1_limits(builder: &mut auto::Builder<TokioExecutor>, config: &Config) {
         // head exactly.
         .max_buf_size(config.limits.max_request_head.max(8192))
         .keep_alive(true);
+    builder
+}
+
+fn http1_limits(builder: &mut auto::Builder<TokioExecutor>, config: &Config) {
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.limits.header_read_timeout)
+        .max_buf_size(config.limits.max_request_head.max(8192))
+        .keep_alive(true);
+}
+
+/// Drives a connection to its end; once shutdown begins, asks it to finish what is in flight
+/// and close (HTTP/1.1: no more keep-alive; HTTP/2: GOAWAY). Works on hyper's and
+/// hyper-util's upgradeable connections alike, which share no trait for this.
+macro_rules! serve_until_drained {
+    ($conn:expr, $stop:expr) => {{
+        let conn = $conn;
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => result.map_err(|e| e.to_string()),
+            _ = stop_requested(&mut $stop) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await.map_err(|e| e.to_string())
+            }
+        }
+    }};
 }
 
 /// The request head's bounds, on what hyper parsed: 414 when the request-target is over
@@ -353,7 +375,6 @@ async fn serve_proxy(
 ) {
     let builder = Arc::new(connection_builder(&config));
     let plain = Arc::new(plain_builder(&config));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Past `max_connections` the loop stops accepting: new connections wait in the kernel's
     // backlog (their connect timeout applies) instead of costing a file descriptor and an
     // answer each while the gateway is saturated.
@@ -385,7 +406,7 @@ async fn serve_proxy(
         let metrics = metrics.clone();
         let tls = tls.clone();
         let handshake_timeout = config.limits.header_read_timeout;
-        let watcher = graceful.watcher();
+        let mut conn_stop = stop.clone();
         let mut cut_rx = cut_rx.clone();
         let cut_count = cut_count.clone();
         tokio::spawn(async move {
@@ -400,21 +421,22 @@ async fn serve_proxy(
             });
             let serve = async move {
                 match tls {
-                    None => {
-                        let conn =
-                            plain.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
+                    None => serve_until_drained!(
+                        plain
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades(),
+                        conn_stop
+                    ),
                     Some(acceptor) => {
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
                         {
-                            Ok(Ok(tls_stream)) => {
-                                let conn = builder.serve_connection_with_upgrades(
+                            Ok(Ok(tls_stream)) => serve_until_drained!(
+                                builder.serve_connection_with_upgrades(
                                     TokioIo::new(tls_stream),
                                     service,
-                                );
-                                watcher.watch(conn.into_owned()).await
-                            }
+                                ),
+                                conn_stop
+                            ),
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, %peer, "TLS handshake failed");
                                 Ok(())
@@ -447,13 +469,12 @@ async fn serve_proxy(
         "stopped accepting; in-flight requests are finishing"
     );
     // Every connection task holds a permit until it ends: all permits back means every
-    // connection is closed (TLS handshakes included, which `graceful` does not see).
+    // connection is closed, TLS handshakes in progress included.
     let all_permits = u32::try_from(max).unwrap_or(u32::MAX);
-    let drained = async {
-        graceful.shutdown().await;
-        permits.acquire_many(all_permits).await
-    };
-    if tokio::time::timeout(grace, drained).await.is_err() {
+    if tokio::time::timeout(grace, permits.acquire_many(all_permits))
+        .await
+        .is_err()
+    {
         let _ = cut.send(true);
         let _ = permits.acquire_many(all_permits).await;
         tracing::warn!(

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 /// `max_connections` is held to this so every permit can be taken back at once when the
@@ -54,6 +54,55 @@ pub enum ServeError {
     Client(#[from] forge::ClientError),
     #[error("cannot open auth log: {0}")]
     AuthLog(std::io::Error),
+}
+
+/// One client connection's hold on `max_connections` and `scopegate_open_connections`, and
+/// its view of the shutdown cut. The connection's task holds it, and every request carries a
+/// clone in its extensions: a WebSocket spliced after an upgrade outlives the HTTP
+/// connection's task, and must go on counting (a Kubernetes agent holds tunnels for hours)
+/// and be closed with the rest when the grace period ends.
+#[derive(Clone)]
+pub struct ConnectionLease(Arc<Lease>);
+
+struct Lease {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+    cut: watch::Receiver<bool>,
+    cut_count: Arc<AtomicUsize>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.metrics
+            .open_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ConnectionLease {
+    fn new(
+        permit: OwnedSemaphorePermit,
+        metrics: Arc<Metrics>,
+        cut: watch::Receiver<bool>,
+        cut_count: Arc<AtomicUsize>,
+    ) -> ConnectionLease {
+        metrics.open_connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionLease(Arc::new(Lease {
+            _permit: permit,
+            metrics,
+            cut,
+            cut_count,
+        }))
+    }
+
+    /// Resolves when the grace period is over and this connection must close (counted as
+    /// cut for the shutdown's log line).
+    pub async fn cut(&self) {
+        let mut cut = self.0.cut.clone();
+        // An error means the listener's task is gone: nothing is left to wait for either.
+        let _ = cut.wait_for(|cut| *cut).await;
+        self.0.cut_count.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The live configuration generation; swapped whole on reload, read once per request.
@@ -407,13 +456,12 @@ async fn serve_proxy(
         let tls = tls.clone();
         let handshake_timeout = config.limits.header_read_timeout;
         let mut conn_stop = stop.clone();
-        let mut cut_rx = cut_rx.clone();
-        let cut_count = cut_count.clone();
+        let lease = ConnectionLease::new(permit, metrics, cut_rx.clone(), cut_count.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            metrics.open_connections.fetch_add(1, Ordering::Relaxed);
             let is_tls = tls.is_some();
-            let service = service_fn(move |req| {
+            let request_lease = lease.clone();
+            let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(request_lease.clone());
                 let gate = current(&gate);
                 async move {
                     Ok::<_, std::convert::Infallible>(serve_request(gate, req, peer, is_tls).await)
@@ -455,11 +503,8 @@ async fn serve_proxy(
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
                 }
-                _ = cut_rx.wait_for(|cut| *cut) => {
-                    cut_count.fetch_add(1, Ordering::Relaxed);
-                }
+                () = lease.cut() => {}
             }
-            metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
         });
     };
     drop(listener);
@@ -468,8 +513,8 @@ async fn serve_proxy(
         ?grace,
         "stopped accepting; in-flight requests are finishing"
     );
-    // Every connection task holds a permit until it ends: all permits back means every
-    // connection is closed, TLS handshakes in progress included.
+    // Every connection holds a permit in its lease until it ends: all permits back means
+    // every connection is closed, TLS handshakes and spliced WebSockets included.
     let all_permits = u32::try_from(max).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, permits.acquire_many(all_permits))
         .await

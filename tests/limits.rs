@@ -1197,3 +1197,65 @@ async fn in_process_shutdown_has_no_drain_delay() {
     assert!(TcpStream::connect(addr).await.is_err());
     h.forge.stop().await;
 }
+
+/// An upgraded connection outlives its HTTP exchange, and goes on counting: with
+/// `max_connections: 1`, a live WebSocket keeps a new connection waiting until it closes. On
+/// shutdown it is closed when the grace period is over, and `shutdown` returns.
+#[tokio::test]
+async fn an_upgraded_connection_counts_until_it_ends_and_is_cut_at_shutdown() {
+    let mut up = test_upstream(None).await;
+    let gw = gateway(
+        &up.url,
+        "limits:\n  max_connections: 1\nshutdown:\n  grace_period: 200ms\n",
+    )
+    .await;
+    let admin = gw.admin_addr.expect("admin");
+    let open_websocket = || async {
+        let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+        s.write_all(websocket_request("/-/kubernetes-agent/k8s-proxy/", None).as_bytes())
+            .await
+            .expect("write");
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        s
+    };
+    let mut ws = open_websocket().await;
+    assert!(matches!(up.next().await, Seen::Upgrade(_)));
+    assert_relayed_both_ways(&mut ws).await;
+    assert_eq!(open_connections(admin).await, 1);
+
+    let mut other = TcpStream::connect(gw.addr).await.expect("connect");
+    other
+        .write_all(b"GET /stream/waiting HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .expect("write");
+    // A negative can only be watched for a while: 300 ms of silence, bounded.
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), other.read(&mut byte)).await;
+    assert!(early.is_err(), "served beside a live WebSocket: {early:?}");
+    up.assert_nothing_seen();
+
+    // The WebSocket ends (the client closes it; the upstream's echo loop ends too): the
+    // waiting connection is accepted and served.
+    drop(ws);
+    let Seen::Stream(_, body_tx) = up.next().await else {
+        panic!("expected the waiting request");
+    };
+    body_tx.send(Bytes::from_static(b"ok")).await.expect("send");
+    drop(body_tx);
+    let head = read_head(&mut other).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(other);
+    wait_open_connections(admin, 0).await;
+
+    // Shutdown with a WebSocket open: cut after the 200 ms grace period.
+    let mut ws = open_websocket().await;
+    assert!(matches!(up.next().await, Seen::Upgrade(_)));
+    let mut greeting = vec![0u8; GREETING.len()];
+    ws.read_exact(&mut greeting).await.expect("greeting");
+    tokio::time::timeout(PATIENCE, gw.shutdown())
+        .await
+        .expect("shutdown ends once the grace period is over");
+    assert!(read_to_close(&mut ws).await.is_empty());
+    up.task.abort();
+}

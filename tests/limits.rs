@@ -568,6 +568,21 @@ async fn a_trickled_head_is_cut_after_the_header_read_timeout() {
     h.stop().await;
 }
 
+/// hyper times the wait for a head from its start, so an idle HTTP/1.1 keep-alive connection
+/// is closed after `header_read_timeout` too (README: it is the keep-alive timeout).
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    let h = Harness::with(with_yaml("limits:\n  header_read_timeout: 300ms\n")).await;
+    let mut s = TcpStream::connect(h.gw.addr).await.expect("connect");
+    s.write_all(b"GET /api/v4/projects/1/issues HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(status_of(&read_response(&mut s).await), 200);
+    // Then silence from the client: the server closes the connection, saying nothing.
+    assert!(read_to_close(&mut s).await.is_empty());
+    h.stop().await;
+}
+
 // ------------------------------------------------------------------ 3. idle timeouts
 
 const IDLE: &str = "limits:\n  idle_timeout: 300ms\n";

@@ -371,7 +371,7 @@ macro_rules! serve_until_drained {
 /// (HTTP/2) refuse a head that does not fit their buffers with 431 before this runs, not
 /// knowing which part outgrew them; `max_url` is at most `max_request_head`, so every URL
 /// over `max_url` whose head fits is answered 414 here.
-pub fn head_limits<B>(req: &http::Request<B>, limits: &crate::config::Limits) -> Option<Refusal> {
+fn head_limits<B>(req: &http::Request<B>, limits: &crate::config::Limits) -> Option<Refusal> {
     let url = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if url > limits.max_url {
         return Some(Refusal::UriTooLong);
@@ -556,4 +556,54 @@ async fn serve_admin(
         });
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+
+    fn limits(max_request_head: usize, max_url: usize) -> Limits {
+        Limits {
+            max_request_head,
+            max_url,
+            ..Limits::default()
+        }
+    }
+
+    fn get(target: &str, headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut req = http::Request::get(target);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).expect("request")
+    }
+
+    #[test]
+    fn a_url_over_max_url_is_414_at_the_byte() {
+        let l = limits(4096, 100);
+        let at = format!("/p?q={}", "a".repeat(100 - 5));
+        assert_eq!(head_limits(&get(&at, &[]), &l), None);
+        let over = format!("{at}b");
+        assert_eq!(head_limits(&get(&over, &[]), &l), Some(Refusal::UriTooLong));
+        // The URL is judged first, whatever else is large.
+        let big = "v".repeat(8000);
+        assert_eq!(
+            head_limits(&get(&over, &[("x-big", big.as_str())]), &l),
+            Some(Refusal::UriTooLong)
+        );
+    }
+
+    #[test]
+    fn a_head_over_max_request_head_is_431_at_the_byte() {
+        // "GET /p HTTP/1.1\r\n" (17) + "x-a: " + value + "\r\n" (7 + n) + "\r\n" (2).
+        let l = limits(100, 50);
+        let fits = "v".repeat(100 - 17 - 7 - 2);
+        assert_eq!(head_limits(&get("/p", &[("x-a", fits.as_str())]), &l), None);
+        let over = format!("{fits}v");
+        assert_eq!(
+            head_limits(&get("/p", &[("x-a", over.as_str())]), &l),
+            Some(Refusal::HeadTooLarge)
+        );
+    }
 }

@@ -980,8 +980,9 @@ async fn a_forge_that_never_completes_the_handshake_is_502() {
     loop {
         match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
             Ok(Ok(s)) => held.push(s),
-            Ok(Err(e)) => panic!("connect to the full listener: {e}"),
-            Err(_) => break,
+            // `net.ipv4.tcp_abort_on_overflow=1` answers a full queue with a reset instead:
+            // then the gateway's connect fails at once, which must be a 502 just the same.
+            Ok(Err(_)) | Err(_) => break,
         }
         assert!(held.len() < 64, "the accept queue never filled");
     }

@@ -132,7 +132,7 @@ impl Running {
         tracing::info!(
             drain_delay = ?shutdown.drain_delay,
             grace_period = ?shutdown.grace_period,
-            "readiness off; still accepting for the drain delay"
+            "readiness off; the listener closes when the drain delay is over"
         );
         tokio::time::sleep(shutdown.drain_delay).await;
         self.stop(shutdown.grace_period).await;
@@ -340,6 +340,8 @@ fn plain_builder(config: &Config) -> hyper::server::conn::http1::Builder {
     builder
 }
 
+/// [`plain_builder`]'s HTTP/1.1 settings, on the TLS listener's auto builder (a different
+/// type with the same methods).
 fn http1_limits(builder: &mut auto::Builder<TokioExecutor>, config: &Config) {
     builder
         .http1()

@@ -225,8 +225,13 @@ impl Default for Cache {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// The request head (request line and header fields; HTTP/2: the header list) → 431.
     #[serde(deserialize_with = "de::size")]
     pub max_request_head: usize,
+    /// The request-target (`path?query`) → 414. Part of the head, so at most
+    /// `max_request_head` (checked in [`Config::from_yaml_str`]).
+    #[serde(deserialize_with = "de::size")]
+    pub max_url: usize,
     #[serde(deserialize_with = "de::size")]
     pub inspect_body: usize,
     /// The bound for known package-publish routes whose JSON carries the package itself
@@ -249,6 +254,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_head: 64 * 1024,
+            // nginx's `large_client_header_buffers 4 8k`: a request line over 8 KiB is 414.
+            max_url: 8 * 1024,
             inspect_body: 1024 * 1024,
             inspect_publish: 128 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
@@ -256,6 +263,29 @@ impl Default for Limits {
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+        }
+    }
+}
+
+/// What happens on SIGTERM (SPEC §6): readiness turns 503 at once; the listener keeps
+/// accepting for `drain_delay` (a load balancer that has not yet seen the 503 still sends
+/// traffic here, and must not meet refused connections); then it stops accepting, and
+/// requests in flight get `grace_period` to finish before their connections are closed.
+/// Zero is allowed for both: no delay, or no grace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shutdown {
+    #[serde(deserialize_with = "de::duration")]
+    pub drain_delay: Duration,
+    #[serde(deserialize_with = "de::duration")]
+    pub grace_period: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            drain_delay: Duration::from_secs(5),
+            grace_period: Duration::from_secs(30),
         }
     }
 }
@@ -277,6 +307,7 @@ pub struct Config {
     pub projects: Vec<ProjectConfig>,
     pub routes: Vec<Route>,
     pub limits: Limits,
+    pub shutdown: Shutdown,
     pub log_format: LogFormat,
     pub auth_log: Option<PathBuf>,
 }
@@ -353,6 +384,8 @@ struct RawConfig {
     #[serde(default, deserialize_with = "de::null_default")]
     limits: Limits,
     #[serde(default, deserialize_with = "de::null_default")]
+    shutdown: Shutdown,
+    #[serde(default, deserialize_with = "de::null_default")]
     log: RawLog,
     #[serde(default)]
     auth_log: Option<RawAuthLog>,
@@ -410,6 +443,18 @@ impl Config {
         }
         let raw: RawConfig =
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::from_yaml(source, e))?;
+        // Two keys that must agree: checked once both are read, so without a position (serde
+        // would stamp an error raised here at the document's start, which would mislead).
+        if raw.limits.max_url > raw.limits.max_request_head {
+            return Err(ConfigError::Invalid {
+                file: source.to_path_buf(),
+                message: format!(
+                    "limits.max_url ({}B) is larger than limits.max_request_head ({}B): the URL \
+                     is part of the request head, so set max_request_head at least as large",
+                    raw.limits.max_url, raw.limits.max_request_head
+                ),
+            });
+        }
         Ok(Config {
             source: source.to_path_buf(),
             listen: raw.listen,
@@ -425,6 +470,7 @@ impl Config {
             projects: raw.projects,
             routes: raw.routes,
             limits: raw.limits,
+            shutdown: raw.shutdown,
             log_format: raw.log.format,
             auth_log: raw.auth_log.map(|a| a.path),
         })

@@ -22,6 +22,10 @@ pub enum Refusal {
     PushForbidden(Shape),
     /// 413: a parameter-bearing body over `limits.inspect_body`.
     PayloadTooLarge,
+    /// 414: a request-target over `limits.max_url`.
+    UriTooLong,
+    /// 431: a request head over `limits.max_request_head`.
+    HeadTooLarge,
     /// 502: the forge is unreachable.
     BadGateway,
     /// 503: the forge could not answer a look-up; nothing was forwarded.
@@ -46,6 +50,8 @@ impl Refusal {
             Refusal::NotFound(_) => StatusCode::NOT_FOUND,
             Refusal::ForbiddenScope { .. } | Refusal::PushForbidden(_) => StatusCode::FORBIDDEN,
             Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
+            Refusal::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -82,6 +88,8 @@ impl Refusal {
             }
             Refusal::PushForbidden(_) => json(r#"{"message":"403 Forbidden"}"#),
             Refusal::PayloadTooLarge => json(r#"{"message":"413 Request Entity Too Large"}"#),
+            Refusal::UriTooLong => json(r#"{"message":"414 URI Too Long"}"#),
+            Refusal::HeadTooLarge => json(r#"{"message":"431 Request Header Fields Too Large"}"#),
             Refusal::BadGateway => json(r#"{"message":"502 Bad Gateway"}"#),
             Refusal::Unavailable => json(r#"{"message":"503 Service Unavailable"}"#),
             Refusal::GatewayTimeout => json(r#"{"message":"504 Gateway Timeout"}"#),

@@ -7,6 +7,7 @@ use crate::admin::Histogram;
 use crate::config::{Cidr, Config};
 use crate::error::Refusal;
 use crate::forge::{self, BodyError, HttpClient, UpBody};
+use crate::server::ConnectionLease;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -169,6 +170,8 @@ pub async fn forward(
         tls,
         upgrade,
     } = out;
+    // The client connection's lease: an upgraded connection goes on holding it.
+    let lease = parts.extensions.remove::<ConnectionLease>();
     let uri =
         forge::upstream_uri(config, &path_and_query).map_err(|_| Refusal::BadRequest("uri"))?;
     let websocket = upgrade.is_some();
@@ -208,15 +211,26 @@ pub async fn forward(
         if let Some(client_side) = upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
-                match tokio::try_join!(client_side, upstream_side) {
-                    Ok((c, u)) => {
-                        let mut c = TokioIo::new(c);
-                        let mut u = TokioIo::new(u);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                            tracing::debug!(error = %e, "upgraded connection ended");
+                let splice = async {
+                    match tokio::try_join!(client_side, upstream_side) {
+                        Ok((c, u)) => {
+                            let mut c = TokioIo::new(c);
+                            let mut u = TokioIo::new(u);
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                                tracing::debug!(error = %e, "upgraded connection ended");
+                            }
                         }
+                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                     }
-                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                };
+                match lease {
+                    // Counted in `max_connections` until it ends; closed when a shutdown's
+                    // grace period is over.
+                    Some(lease) => tokio::select! {
+                        () = splice => {}
+                        () = lease.cut() => {}
+                    },
+                    None => splice.await,
                 }
             });
         }

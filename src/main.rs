@@ -99,7 +99,7 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     };
     triggers.until_shutdown(&running).await;
     tracing::info!("shutting down: draining in-flight requests");
-    running.shutdown().await;
+    running.terminate().await;
     ExitCode::SUCCESS
 }
 

@@ -64,6 +64,7 @@ fn cfg(projects: Vec<ProjectConfig>) -> Config {
         projects,
         routes: Vec::new(),
         limits: Limits::default(),
+        shutdown: Default::default(),
         log_format: LogFormat::Text,
         auth_log: None,
     }

@@ -329,8 +329,11 @@ const API_FILE: &str = "/api/v4/projects/2/repository/files/README.md/raw?ref=ma
 /// port 0: the kernel picks free ports as they are bound and the log names them (a port
 /// picked by the test and released first could be taken by a parallel test meanwhile).
 fn gateway_yaml(forge: &FakeForge, projects: &str) -> String {
+    // No drain delay: these tests watch the port stop accepting right after SIGTERM (the
+    // delay itself is tested in tests/limits.rs).
     format!(
-        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nupstream:\n  url: {}\n{projects}",
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nupstream:\n  url: {}\n\
+         shutdown:\n  drain_delay: 0s\n{projects}",
         forge.url()
     )
 }
@@ -620,7 +623,7 @@ fn signals_sent_as_soon_as_it_listens_are_handled() {
     let path = write_config(
         dir.path(),
         "proxy",
-        &format!("listen: 127.0.0.1:0\n{UPSTREAM}"),
+        &format!("listen: 127.0.0.1:0\nshutdown: {{drain_delay: 0s}}\n{UPSTREAM}"),
     );
     for round in 0..5 {
         let mut proc = Proc::run(&path);

@@ -461,8 +461,8 @@ async fn malformed_requests_get_4xx_and_the_server_keeps_serving() {
             b"/api/v4/projects/1 HTTP/1.1\r\n\r\n".to_vec(),
             400,
         ),
-        // hyper answers both with 431: the head outgrows the 8 KiB buffer before the URI
-        // length is ever judged, so hyper's 414 (a URI over 64 KiB) is unreachable here.
+        // Both heads outgrow max_request_head, so hyper answers 431 before the URL is judged
+        // (README, "Limits: URL vs head"); a long URL inside the head is 414 (tests/limits.rs).
         (
             "header over max_request_head",
             long_header.into_bytes(),

@@ -161,9 +161,11 @@ impl Config {
         let l = &self.limits;
         let _ = writeln!(
             s,
-            "limits: max_request_head {}, inspect_body {}, inspect_publish {}, header_read_timeout {}, \
-             idle_timeout {}, upstream_connect_timeout {}, upstream_response_timeout {}, max_connections {}",
+            "limits: max_request_head {}, max_url {}, inspect_body {}, inspect_publish {}, \
+             header_read_timeout {}, idle_timeout {}, upstream_connect_timeout {}, \
+             upstream_response_timeout {}, max_connections {}",
             show_size(l.max_request_head),
+            show_size(l.max_url),
             show_size(l.inspect_body),
             show_size(l.inspect_publish),
             show_duration(l.header_read_timeout),
@@ -171,6 +173,12 @@ impl Config {
             show_duration(l.upstream_connect_timeout),
             show_duration(l.upstream_response_timeout),
             l.max_connections
+        );
+        let _ = writeln!(
+            s,
+            "shutdown: drain_delay {}, grace_period {}",
+            show_duration(self.shutdown.drain_delay),
+            show_duration(self.shutdown.grace_period)
         );
         let auth_log = self.auth_log.as_ref().map(|p| p.display().to_string());
         let _ = writeln!(

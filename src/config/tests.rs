@@ -815,7 +815,7 @@ fn summary_and_warnings() {
         "  1 g/p private; inbound: projects 2, g/tools/lint; groups g/trusted; outbound: not limited",
         "routes: 1",
         "  GET '^/api/v4/groups/42/-/packages/maven/' for projects g/build; groups none",
-        "max_request_head 64KiB, inspect_body 1MiB, inspect_publish 128MiB, header_read_timeout 10s",
+        "max_request_head 64KiB, max_url 8KiB, inspect_body 1MiB, inspect_publish 128MiB, header_read_timeout 10s",
         "max_connections 10000",
         "cache: ttl 30s, negative_ttl 5s, project_ttl 60s",
         "log: text; auth_log",
@@ -842,4 +842,53 @@ fn service_token_is_read_at_call_time_and_never_summarised() {
     assert!(s.contains(&format!("${name} (set)")) && !s.contains("glpat-secret-value"));
     assert!(!s.contains("no service token"));
     std::env::remove_var(name);
+}
+
+#[test]
+fn url_and_shutdown_keys_and_their_defaults() {
+    let c = parse(UP);
+    assert_eq!(c.limits.max_url, 8 * 1024);
+    assert_eq!(
+        (c.shutdown.drain_delay, c.shutdown.grace_period),
+        (secs(5), secs(30))
+    );
+    let c = parse(&format!(
+        "{UP}limits: {{max_request_head: 32KiB, max_url: 32KiB}}\n\
+         shutdown: {{drain_delay: 0s, grace_period: 250ms}}\n"
+    ));
+    assert_eq!(
+        (c.limits.max_request_head, c.limits.max_url),
+        (32_768, 32_768)
+    );
+    // Zero is a valid choice for both: no delay (a test, no load balancer), no grace.
+    assert_eq!(
+        (c.shutdown.drain_delay, c.shutdown.grace_period),
+        (Duration::ZERO, Duration::from_millis(250))
+    );
+    let summary = c.summary();
+    assert!(summary.contains("max_url 32KiB"), "{summary}");
+    assert!(
+        summary.contains("shutdown: drain_delay 0s, grace_period 250ms"),
+        "{summary}"
+    );
+    let c = parse(&format!("{UP}shutdown:\n"));
+    assert_eq!(c.shutdown.grace_period, secs(30));
+}
+
+#[test]
+fn url_longer_than_the_head_and_bad_shutdown_keys_are_refused() {
+    let e = err(&format!(
+        "{UP}limits:\n  max_request_head: 8KiB\n  max_url: 16KiB\n"
+    ));
+    assert!(e.starts_with("t.yaml: "), "{e}");
+    assert!(
+        e.contains("limits.max_url (16384B) is larger than limits.max_request_head (8192B)"),
+        "{e}"
+    );
+    let e = err(&format!("{UP}shutdown:\n  drain: 5s\n"));
+    assert!(e.starts_with("t.yaml:4:3: "), "{e}");
+    assert!(e.contains("unknown field `drain`"), "{e}");
+    let e = err(&format!("{UP}shutdown:\n  grace_period: 30\n"));
+    assert!(e.starts_with("t.yaml:4:17: "), "{e}");
+    assert!(e.contains("has no unit"), "{e}");
 }

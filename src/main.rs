@@ -97,9 +97,12 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    triggers.until_shutdown(&running).await;
-    tracing::info!("shutting down: draining in-flight requests");
-    running.terminate().await;
+    let stop = triggers.until_shutdown(&running).await;
+    tracing::info!(signal = ?stop, "shutting down: draining in-flight requests");
+    match stop {
+        scopegate::reload::Stop::Terminate => running.terminate().await,
+        scopegate::reload::Stop::Interrupt => running.shutdown().await,
+    }
     ExitCode::SUCCESS
 }
 

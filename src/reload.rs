@@ -34,8 +34,18 @@ pub fn reload(running: &Running, path: &Path) -> bool {
 
 /// Serves reloads until SIGTERM or SIGINT (Ctrl-C) arrives. Signals that arrive before this
 /// is called are not handled: prefer [`Triggers::install`] before the gateway starts.
-pub async fn until_shutdown(running: &Running, path: &Path) {
+pub async fn until_shutdown(running: &Running, path: &Path) -> Stop {
     Triggers::install(path).until_shutdown(running).await
+}
+
+/// Which signal ended the serving loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: an orchestrator's stop; the full sequence, drain delay included.
+    Terminate,
+    /// SIGINT: a person at a terminal pressing Ctrl-C; there is no load balancer to warn, so
+    /// no drain delay (in-flight requests still get the grace period).
+    Interrupt,
 }
 
 /// What stops or reloads a running gateway: SIGTERM, SIGINT, SIGHUP and changes to the config
@@ -71,12 +81,12 @@ impl Triggers {
         }
     }
 
-    /// Serves reloads until SIGTERM or SIGINT (Ctrl-C) arrives.
-    pub async fn until_shutdown(mut self, running: &Running) {
+    /// Serves reloads until SIGTERM or SIGINT (Ctrl-C) arrives; says which.
+    pub async fn until_shutdown(mut self, running: &Running) -> Stop {
         loop {
             tokio::select! {
-                _ = recv(&mut self.int) => return,
-                _ = recv(&mut self.term) => return,
+                _ = recv(&mut self.int) => return Stop::Interrupt,
+                _ = recv(&mut self.term) => return Stop::Terminate,
                 // SIGHUP always reloads: the operator may have changed what the file points
                 // at (the service token's environment, a CA file), not the file itself.
                 _ = recv(&mut self.hup) => {

@@ -156,6 +156,9 @@ impl Gate {
             }
             targets.push(t.path);
         }
+        if targets.len() != 1 {
+            ctx.target_id = None;
+        }
         ctx.target = Some(targets.join(","));
         if kept.is_empty() {
             return Ok(Verdict::Deny(
@@ -246,6 +249,7 @@ impl Gate {
             .map_err(|f| self.unavailable(ctx, f))?;
         if let Some(t) = &t {
             ctx.target = Some(t.path.clone());
+            ctx.target_id = Some(t.id);
         }
         Ok(t)
     }

@@ -56,8 +56,9 @@ struct Ctx {
     class: Class,
     source: Option<JobIdentity>,
     target: Option<String>,
-    /// The target's id, when one project was resolved.
+    /// The target's id and visibility, when one project was resolved.
     target_id: Option<u64>,
+    target_visibility: Option<crate::config::Visibility>,
     decision: &'static str,
     reason: &'static str,
     candidates: Vec<Secret>,
@@ -91,6 +92,7 @@ impl Ctx {
             source: None,
             target: None,
             target_id: None,
+            target_visibility: None,
             decision: "forward",
             reason: "no_job_token",
             candidates: Vec::new(),

@@ -26,6 +26,7 @@ pub mod reload;
 pub mod resolve;
 pub mod secret;
 pub mod server;
+pub mod suggest;
 pub mod target;
 
 pub use config::Config;

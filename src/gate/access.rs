@@ -207,6 +207,7 @@ impl Record {
                 job_id: job.job_id,
                 target_project: ctx.target.as_deref(),
                 target_project_id: ctx.target_id,
+                target_visibility: ctx.target_visibility.map(|v| v.as_str()),
                 decision: ctx.decision,
                 reason: ctx.reason,
                 status,

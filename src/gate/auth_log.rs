@@ -38,6 +38,8 @@ pub struct AuthLine<'a> {
     /// request naming several images); absent when the request named no project.
     pub target_project: Option<&'a str>,
     pub target_project_id: Option<u64>,
+    /// `private`, `internal` or `public`, as the decision saw it.
+    pub target_visibility: Option<&'a str>,
     pub decision: &'a str,
     pub reason: &'a str,
     pub status: u16,
@@ -201,6 +203,7 @@ mod tests {
                 job_id: 101,
                 target_project: Some("g/secret"),
                 target_project_id: Some(2),
+                target_visibility: Some("private"),
                 decision: "deny",
                 reason: "not_in_inbound_allowlist",
                 status: 404,

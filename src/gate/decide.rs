@@ -158,6 +158,7 @@ impl Gate {
         }
         if targets.len() != 1 {
             ctx.target_id = None;
+            ctx.target_visibility = None;
         }
         ctx.target = Some(targets.join(","));
         if kept.is_empty() {
@@ -250,6 +251,7 @@ impl Gate {
         if let Some(t) = &t {
             ctx.target = Some(t.path.clone());
             ctx.target_id = Some(t.id);
+            ctx.target_visibility = Some(t.visibility);
         }
         Ok(t)
     }

@@ -606,3 +606,65 @@ async fn audit_then_suggest_then_enforce_keeps_pipelines_working() {
     assert_no_tokens("auth log", &std::fs::read(&auth_log).expect("auth log"));
     forge.stop().await;
 }
+
+/// A job-token request g/secret refuses; its X-Request-Id.
+async fn denied(gw: &Gateway) -> String {
+    let r = gw
+        .get("/api/v4/projects/2/issues", &[("JOB-TOKEN", TOK_OTHER)])
+        .await;
+    assert_eq!(r.status(), 404);
+    r.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+/// logrotate either way: `copytruncate` (the file is emptied in place: appends start again at
+/// its beginning, no hole) and rename + SIGHUP (the reload reopens the configured path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_log_survives_rotation() {
+    let forge = FakeForge::start(world()).await.expect("forge");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth_log = dir.path().join("auth.jsonl");
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        config_text(&forge, "text", "enforce", &auth_log, PROJECTS),
+    )
+    .expect("write config");
+    let gw = Gateway::start(&config, "text");
+    let first = denied(&gw).await;
+    assert_eq!(auth_lines(&auth_log, 1)[0]["request_id"], first.as_str());
+
+    // copytruncate.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&auth_log)
+        .expect("open")
+        .set_len(0)
+        .expect("truncate");
+    let second = denied(&gw).await;
+    let lines = auth_lines(&auth_log, 1);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["request_id"], second.as_str());
+    let text = std::fs::read(&auth_log).expect("read");
+    assert_eq!(text.first(), Some(&b'{'), "no hole before the line");
+
+    // rename + SIGHUP.
+    let rotated = dir.path().join("auth.jsonl.1");
+    std::fs::rename(&auth_log, &rotated).expect("rename");
+    let from = gw.proc.stderr.len();
+    gw.proc.signal("HUP");
+    gw.proc
+        .stderr
+        .expect_line(from, "the reload", |l| l.contains("configuration reloaded"));
+    let third = denied(&gw).await;
+    let lines = auth_lines(&auth_log, 1);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["request_id"], third.as_str());
+    let old = std::fs::read_to_string(&rotated).expect("rotated");
+    assert_eq!(old.lines().count(), 1, "{old}");
+    assert!(old.contains(&second));
+    assert!(forge.requests().is_empty(), "{:?}", forge.requests());
+    forge.stop().await;
+}

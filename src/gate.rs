@@ -59,6 +59,9 @@ struct Ctx {
     /// The target's id and visibility, when one project was resolved.
     target_id: Option<u64>,
     target_visibility: Option<crate::config::Visibility>,
+    /// Registry images' projects whose inbound allowlist refused a pull (a registry request
+    /// names several projects, and its reason is the scope filtering's).
+    inbound_refused: Vec<Refused>,
     decision: &'static str,
     reason: &'static str,
     candidates: Vec<Secret>,
@@ -93,6 +96,7 @@ impl Ctx {
             target: None,
             target_id: None,
             target_visibility: None,
+            inbound_refused: Vec::new(),
             decision: "forward",
             reason: "no_job_token",
             candidates: Vec::new(),
@@ -107,6 +111,13 @@ impl Ctx {
         let raw_target = std::mem::take(&mut self.raw_target);
         *self = Ctx::for_request(id, peer, method, raw_target);
     }
+}
+
+/// A target project an inbound allowlist refused.
+struct Refused {
+    path: String,
+    id: u64,
+    visibility: crate::config::Visibility,
 }
 
 /// What the credential phase concluded.

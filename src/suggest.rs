@@ -2,7 +2,8 @@
 //!
 //! Pure parsing and aggregation (the CLI in `main.rs` reads the files and prints). The log's
 //! lines are kept when they record cross-project job-token traffic that a target's inbound
-//! allowlist refused (`deny`) or would refuse (`would_deny`, audit mode); 401s, own-project
+//! allowlist refused (`deny`) or would refuse (`would_deny`, audit mode), registry pulls
+//! included (per image's project, from `inbound_refused`); 401s, own-project
 //! traffic, feature reads allowed for a public or internal project, requests naming no
 //! project and refusals an allowlist cannot fix (outbound scope, registry writes, pushes) are
 //! left out. The output is one YAML block per target project, ready to paste under
@@ -34,6 +35,24 @@ pub struct LogLine {
     pub decision: String,
     pub reason: String,
     pub status: u16,
+    /// Registry requests: the images' projects whose inbound allowlist refused a pull.
+    #[serde(default)]
+    pub inbound_refused: Vec<RefusedTarget>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RefusedTarget {
+    pub path: String,
+    pub id: u64,
+    #[serde(default)]
+    pub visibility: Option<String>,
+}
+
+/// One source reaching one target that an inbound allowlist entry would let in.
+struct Observation<'l> {
+    target: &'l str,
+    target_id: Option<u64>,
+    visibility: Option<&'l str>,
 }
 
 /// A line that could not be read, by 1-based line number.
@@ -98,14 +117,44 @@ pub struct TargetSuggestion {
     pub sources: BTreeMap<String, Seen>,
 }
 
+/// What a line contributes: its own target when the inbound allowlist refused it, and each
+/// registry image's project whose allowlist refused a pull (a `docker pull` of another
+/// project's image is refused scope by scope, under the registry's own reason).
+fn observations(l: &LogLine) -> Vec<Observation<'_>> {
+    let mut out = Vec::new();
+    if wants_entry(l) {
+        if let Some(target) = l.target_project.as_deref() {
+            out.push(Observation {
+                target,
+                target_id: l.target_project_id,
+                visibility: l.target_visibility.as_deref(),
+            });
+        }
+    }
+    if l.status != 401 {
+        for r in l
+            .inbound_refused
+            .iter()
+            .filter(|r| r.id != l.source_project_id)
+        {
+            out.push(Observation {
+                target: &r.path,
+                target_id: Some(r.id),
+                visibility: r.visibility.as_deref(),
+            });
+        }
+    }
+    out
+}
+
 /// Groups the wanted lines per target and source, leaving out what `config` already allows.
 pub fn aggregate(lines: &[LogLine], config: Option<&Config>) -> Vec<TargetSuggestion> {
     let mut by_target: BTreeMap<String, TargetSuggestion> = BTreeMap::new();
-    for l in lines.iter().filter(|l| wants_entry(l)) {
-        let Some(path) = l.target_project.as_deref() else {
-            continue;
-        };
-        let path = path.to_ascii_lowercase();
+    for (l, o) in lines
+        .iter()
+        .flat_map(|l| observations(l).into_iter().map(move |o| (l, o)))
+    {
+        let path = o.target.to_ascii_lowercase();
         let t = by_target
             .entry(path.clone())
             .or_insert_with(|| TargetSuggestion {
@@ -114,9 +163,9 @@ pub fn aggregate(lines: &[LogLine], config: Option<&Config>) -> Vec<TargetSugges
                 visibility: None,
                 sources: BTreeMap::new(),
             });
-        t.id = t.id.or(l.target_project_id);
-        if l.target_visibility.is_some() {
-            t.visibility.clone_from(&l.target_visibility);
+        t.id = t.id.or(o.target_id);
+        if let Some(v) = o.visibility {
+            t.visibility = Some(v.to_owned());
         }
         let source = l.source_project.to_ascii_lowercase();
         let seen = t.sources.entry(source).or_insert_with(|| Seen {
@@ -473,6 +522,23 @@ mod tests {
         // Nothing left to suggest once merged.
         assert!(aggregate(&lines, Some(&merged)).is_empty());
         assert!(render(&[], Some(&merged)).starts_with("# No cross-project"));
+    }
+
+    #[test]
+    fn registry_pulls_refused_by_an_allowlist_count_per_image_project() {
+        let text = format!(
+            "{}\n{}",
+            r#"{"time":"2026-01-01T10:00:00.000Z","source_project":"g/app","source_project_id":1,"target_project":"g/secret,g/app","decision":"allow","reason":"registry_scope_filtered","status":200,"inbound_refused":[{"path":"g/secret","id":2,"visibility":"internal"}]}"#,
+            // A 401 counts for nothing, whatever it records.
+            r#"{"time":"2026-01-01T10:00:00.000Z","source_project":"g/app","source_project_id":1,"target_project":"g/secret","decision":"deny","reason":"registry_scope","status":401,"inbound_refused":[{"path":"g/secret","id":2}]}"#
+        );
+        let (lines, bad) = parse(&text);
+        assert!(bad.is_empty(), "{bad:?}");
+        let s = aggregate(&lines, None);
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].id, s[0].path.as_str()), (Some(2), "g/secret"));
+        assert_eq!(s[0].sources["g/app"].count, 1);
+        assert!(render(&s, None).contains("  visibility: internal\n"));
     }
 
     #[test]

@@ -415,11 +415,16 @@ async fn json_access_line_and_auth_log_carry_the_request_id() {
     access_log_and_auth_log("json").await;
 }
 
-/// The cross-project requests the audit run observes and the enforce run must then allow.
-const CROSS: [(&str, &str); 3] = [
+/// The cross-project requests the audit run observes and the enforce run must then allow
+/// (a `docker pull` of another project's image among them).
+const CROSS: [(&str, &str); 4] = [
     (TOK_OTHER, "/api/v4/projects/2/issues"),
     (TOK_OTHER, "/api/v4/projects/1/merge_requests"),
     (TOK_TOOL, "/api/v4/projects/1/issues"),
+    (
+        TOK_OTHER,
+        "/jwt/auth?service=container_registry&scope=repository:g/secret/img:pull",
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,7 +477,7 @@ async fn audit_then_suggest_then_enforce_keeps_pipelines_working() {
             .iter()
             .filter(|l| l["decision"] == "would_deny")
             .count(),
-        4,
+        5,
         "{reasons:?}"
     );
     assert!(
@@ -508,11 +513,11 @@ async fn audit_then_suggest_then_enforce_keeps_pipelines_working() {
     );
     assert_no_tokens("suggest output", &out.stdout);
     // g/app (1) gets g/other and the tool; g/secret (2) keeps g/app and gets g/other, seen
-    // twice. Own-project, public and allowlisted traffic suggest nothing.
+    // three times (twice through the API, once pulling an image). Own-project, public and allowlisted traffic suggest nothing.
     assert!(stdout.contains("- id: 1\n  path: g/app\n"), "{stdout}");
     assert!(stdout.contains("- id: 2\n  path: g/secret\n"), "{stdout}");
     assert!(
-        stdout.contains("      - g/other  # id 4: 2 requests, first "),
+        stdout.contains("      - g/other  # id 4: 3 requests, first "),
         "{stdout}"
     );
     assert!(
@@ -583,7 +588,15 @@ async fn audit_then_suggest_then_enforce_keeps_pipelines_working() {
         let r = gw.get(path, &[("JOB-TOKEN", token)]).await;
         assert_eq!(r.status(), 200, "{path} is allowed after the merge");
     }
-    assert_eq!(forge.requests().len(), CROSS.len());
+    let forwarded = forge.requests();
+    assert_eq!(forwarded.len(), CROSS.len());
+    assert!(
+        forwarded
+            .iter()
+            .any(|r| r.uri.contains("scope=repository%3Ag%2Fsecret%2Fimg%3Apull")),
+        "the pull scope is kept: {:?}",
+        forwarded.iter().map(|r| &r.uri).collect::<Vec<_>>()
+    );
     forge.clear();
     for path in ["/api/v4/projects/2/issues", "/api/v4/projects/1/issues"] {
         let r = gw.get(path, &[("JOB-TOKEN", TOK_EVIL)]).await;

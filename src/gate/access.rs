@@ -6,7 +6,7 @@
 //! completion. A request whose handler is cancelled before a response exists (the client went
 //! away mid-look-up) is logged by the record's own `Drop`, with nginx's 499.
 
-use super::auth_log::{AuthLine, AuthLog};
+use super::auth_log::{AuthLine, AuthLog, RefusedTarget};
 use super::Ctx;
 use crate::forge::{BodyError, UpBody};
 use crate::logging;
@@ -211,6 +211,15 @@ impl Record {
                 decision: ctx.decision,
                 reason: ctx.reason,
                 status,
+                inbound_refused: ctx
+                    .inbound_refused
+                    .iter()
+                    .map(|r| RefusedTarget {
+                        path: &r.path,
+                        id: r.id,
+                        visibility: r.visibility.as_str(),
+                    })
+                    .collect(),
             });
         }
     }

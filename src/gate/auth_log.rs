@@ -43,6 +43,16 @@ pub struct AuthLine<'a> {
     pub decision: &'a str,
     pub reason: &'a str,
     pub status: u16,
+    /// Registry requests: each image's project whose inbound allowlist refused the pull.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub inbound_refused: Vec<RefusedTarget<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RefusedTarget<'a> {
+    pub path: &'a str,
+    pub id: u64,
+    pub visibility: &'a str,
 }
 
 pub struct AuthLog {
@@ -207,6 +217,7 @@ mod tests {
                 decision: "deny",
                 reason: "not_in_inbound_allowlist",
                 status: 404,
+                inbound_refused: Vec::new(),
             });
         }
         assert_eq!(log.dropped(), 0);

@@ -9,16 +9,18 @@
 //! `copytruncate` (appends go to the new end).
 
 use serde::Serialize;
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Lines that may wait for the writer before new ones are dropped.
 const QUEUE: usize = 4096;
+
+/// How long the last holder of a log waits for its writer to drain the queue.
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// One line of the authentication log. `scopegate allowlist suggest` reads these fields back
 /// ([`crate::suggest`]); add fields freely, rename none.
@@ -57,7 +59,9 @@ pub struct RefusedTarget<'a> {
 
 pub struct AuthLog {
     queue: Option<SyncSender<Vec<u8>>>,
-    writer: Option<JoinHandle<()>>,
+    /// Disconnects when the writer has written everything and stopped (in a mutex only
+    /// because a receiver is not `Sync`; it is read once, in `drop`).
+    finished: Mutex<Receiver<()>>,
     dropped: AtomicU64,
 }
 
@@ -69,13 +73,22 @@ impl AuthLog {
             .create(true)
             .append(true)
             .open(path)?;
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
-        let writer = std::thread::Builder::new()
+        AuthLog::start(file, QUEUE)
+    }
+
+    /// A log whose writer thread appends to `out`, with room for `queue` waiting lines.
+    fn start(out: impl Write + Send + 'static, queue: usize) -> std::io::Result<AuthLog> {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(queue);
+        let (finished_tx, finished) = mpsc::channel::<()>();
+        std::thread::Builder::new()
             .name("scopegate-auth-log".into())
-            .spawn(move || write_lines(file, rx))?;
+            .spawn(move || {
+                write_lines(out, rx);
+                drop(finished_tx);
+            })?;
         Ok(AuthLog {
             queue: Some(tx),
-            writer: Some(writer),
+            finished: Mutex::new(finished),
             dropped: AtomicU64::new(0),
         })
     }
@@ -112,17 +125,18 @@ impl AuthLog {
 impl Drop for AuthLog {
     /// The last holder of this generation's log is gone (a reload replaced it, or the process
     /// is exiting): the writer drains what is queued — at most [`QUEUE`] short lines — and
-    /// stops, so no accepted line is lost on exit.
+    /// stops, so no accepted line is lost on exit. The wait is bounded: this may run on an
+    /// async worker, and a hung disk must not hold it.
     fn drop(&mut self) {
         drop(self.queue.take());
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        if let Ok(finished) = self.finished.get_mut() {
+            let _ = finished.recv_timeout(DRAIN);
         }
     }
 }
 
-fn write_lines(file: File, rx: mpsc::Receiver<Vec<u8>>) {
-    let mut out = BufWriter::with_capacity(64 * 1024, file);
+fn write_lines(out: impl Write, rx: mpsc::Receiver<Vec<u8>>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut failed = false;
     // Each line goes to the buffer in one piece; the buffer flushes before a line that does
     // not fit, so no line is ever split across two writes.
@@ -195,6 +209,86 @@ mod tests {
         assert_eq!(at(4_107_542_400, 5), "2100-03-01T00:00:00.005Z");
     }
 
+    fn sample(i: u64) -> AuthLine<'static> {
+        AuthLine {
+            time: rfc3339_millis(SystemTime::now()),
+            request_id: format!("{i:024x}"),
+            method: "GET",
+            path: "/api/v4/projects/2",
+            class: "api",
+            source_project: "g/app",
+            source_project_id: 1,
+            job_id: 101,
+            target_project: Some("g/secret"),
+            target_project_id: Some(2),
+            target_visibility: Some("private"),
+            decision: "deny",
+            reason: "not_in_inbound_allowlist",
+            status: 404,
+            inbound_refused: Vec::new(),
+        }
+    }
+
+    /// A disk that does not answer until told to, and says when a write is waiting.
+    struct Stalled {
+        entered: std::sync::mpsc::Sender<()>,
+        go: std::sync::mpsc::Receiver<()>,
+        written: std::sync::Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.entered.send(());
+            let _ = self.go.recv();
+            if let Ok(mut w) = self.written.lock() {
+                w.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_disk_drops_lines_instead_of_blocking_requests() {
+        let (go, wait) = std::sync::mpsc::channel();
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let written = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let log = AuthLog::start(
+            Stalled {
+                entered: entered_tx,
+                go: wait,
+                written: written.clone(),
+            },
+            2,
+        )
+        .expect("start");
+        // The first line reaches the disk, which stalls; then the queue (two lines) fills and
+        // the rest are dropped — and `write` returns every time.
+        log.write(&sample(0));
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer reached the disk");
+        for i in 1..10 {
+            log.write(&sample(i));
+        }
+        let dropped = log.dropped();
+        assert_eq!(dropped, 7);
+        // The disk comes back: what was accepted is written whole.
+        for _ in 0..64 {
+            let _ = go.send(());
+        }
+        drop(log);
+        let text =
+            String::from_utf8(written.lock().map(|w| w.clone()).unwrap_or_default()).expect("utf8");
+        assert_eq!(text.lines().count() as u64, 10 - dropped, "{text}");
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).expect("a whole JSON line");
+        }
+    }
+
     #[test]
     fn lines_are_appended_whole_and_flushed() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -202,23 +296,7 @@ mod tests {
         std::fs::write(&path, "{\"earlier\":true}\n").expect("seed");
         let log = AuthLog::open(&path).expect("open");
         for i in 0..100u64 {
-            log.write(&AuthLine {
-                time: rfc3339_millis(SystemTime::now()),
-                request_id: format!("{i:024x}"),
-                method: "GET",
-                path: "/api/v4/projects/2",
-                class: "api",
-                source_project: "g/app",
-                source_project_id: 1,
-                job_id: 101,
-                target_project: Some("g/secret"),
-                target_project_id: Some(2),
-                target_visibility: Some("private"),
-                decision: "deny",
-                reason: "not_in_inbound_allowlist",
-                status: 404,
-                inbound_refused: Vec::new(),
-            });
+            log.write(&sample(i));
         }
         assert_eq!(log.dropped(), 0);
         drop(log); // drains the queue

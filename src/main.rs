@@ -1,5 +1,5 @@
-//! The `scopegate` command: `run`, `check`, `demo`, `allowlist suggest`. Exit codes: 0 ok, 1 runtime failure,
-//! 2 bad configuration.
+//! The `scopegate` command: `run`, `check`, `demo`, `allowlist suggest`. Exit codes: 0 ok,
+//! 1 runtime failure, 2 bad configuration.
 
 use clap::{Parser, Subcommand};
 use scopegate::config::{Config, LogFormat};

@@ -681,3 +681,85 @@ async fn the_auth_log_survives_rotation() {
     assert!(forge.requests().is_empty(), "{:?}", forge.requests());
     forge.stop().await;
 }
+
+/// Every kind of answer scopegate gives itself carries a distinct `X-Request-Id`; nothing of
+/// these requests reaches the forge.
+#[tokio::test]
+async fn every_answer_scopegate_gives_itself_carries_a_request_id() {
+    use scopegate::demo::forge::JobApi;
+    use support::{Harness, Options, PROJECTS as WORLD_PROJECTS};
+    let h = Harness::with(Options::new(&format!(
+        "{WORLD_PROJECTS}\nlimits:\n  inspect_body: 1KiB\n"
+    )))
+    .await;
+    let mut ids = std::collections::BTreeSet::new();
+    let mut check = |r: &reqwest::Response, status: u16, what: &str| {
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        let id = r
+            .headers()
+            .get("x-request-id")
+            .unwrap_or_else(|| panic!("{what}: no X-Request-Id"))
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(ids.insert(id), "{what}: ids are distinct");
+    };
+    let r = h.get_job("/api/v4/projects/2/issues", TOK_OTHER).await;
+    check(&r, 404, "scope denial");
+    let r = h
+        .get(
+            "/g/app.git/info/refs?service=git-receive-pack",
+            &[("authorization", &basic(TOK_APP))],
+        )
+        .await;
+    check(&r, 403, "push refused");
+    let r = h
+        .get_job("/api/v4/projects/1", "glcbt-64_NoSuchJobToken0000000000")
+        .await;
+    check(&r, 401, "no live job token");
+    let r = h
+        .get(
+            "/g/app.git/info/refs?service=git-upload-pack&service=git-receive-pack",
+            &[("authorization", &basic(TOK_APP))],
+        )
+        .await;
+    check(&r, 400, "conflicting service");
+    let r = h
+        .http
+        .post(h.url("/api/v4/projects/1/issues"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("title={}", "x".repeat(2048)))
+        .send()
+        .await
+        .expect("answered");
+    check(&r, 413, "body over inspect_body");
+    h.forge.set_job_api(JobApi::Status(500));
+    let r = h.get_job("/api/v4/projects/1", TOK_TOOL).await;
+    check(&r, 503, "forge look-up failed");
+    h.assert_untouched();
+    h.stop().await;
+
+    // 502: the forge is unreachable (a socket bound but never listening, kept for the test).
+    let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+    closed
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let upstream = closed.local_addr().expect("addr");
+    let config = scopegate::Config::from_yaml_str(
+        &format!("listen: 127.0.0.1:0\nupstream:\n  url: http://{upstream}\n"),
+        Path::new("test.yaml"),
+    )
+    .expect("config");
+    let gw = scopegate::start(config).await.expect("starts");
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("http://{}/api/v4/projects/1", gw.addr))
+        .send()
+        .await
+        .expect("answered");
+    check(&r, 502, "forge unreachable");
+    gw.shutdown().await;
+    drop(closed);
+}

@@ -1,7 +1,7 @@
 //! The log phase: request ids, the access line and the authentication-log line.
 //!
 //! Bytes and duration are only known when the response body ends, so the per-request record
-//! rides inside the response body ([`Logged`]) and writes its lines when that body finishes or
+//! rides inside the response body (`Logged`) and writes its lines when that body finishes or
 //! is dropped (an aborted download, a closed connection), exactly once — as nginx logs after
 //! completion. A request whose handler is cancelled before a response exists (the client went
 //! away mid-look-up) is logged by the record's own `Drop`, with nginx's 499.

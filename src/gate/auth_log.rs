@@ -124,7 +124,7 @@ impl AuthLog {
 
 impl Drop for AuthLog {
     /// The last holder of this generation's log is gone (a reload replaced it, or the process
-    /// is exiting): the writer drains what is queued — at most [`QUEUE`] short lines — and
+    /// is exiting): the writer drains what is queued — at most `QUEUE` short lines — and
     /// stops, so no accepted line is lost on exit. The wait is bounded: this may run on an
     /// async worker, and a hung disk must not hold it.
     fn drop(&mut self) {

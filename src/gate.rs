@@ -1,8 +1,9 @@
 //! The authorization step. A request passes through its phases once, in order —
 //! extract → resolve → target → decide → forward → log — each a small function named after
 //! its phase, with the per-request state in one [`Ctx`]. A denied request never reaches the
-//! forwarder: nothing of it is sent to the forge. The decision, its metric and its one access
-//! log line live here.
+//! forwarder: nothing of it is sent to the forge. The decision and its metric live here; the
+//! log phase (request id, access line, auth-log line) in [`access`], written when the
+//! response body ends.
 
 use crate::admin::Metrics;
 use crate::canonical::{self, CanonicalPath};
@@ -12,24 +13,26 @@ use crate::error::Refusal;
 use crate::forge::{HttpClient, UpBody};
 use crate::forward::{self, Outbound};
 use crate::jobs::{JobIdentity, JobResolver, Lookup};
-use crate::logging;
 use crate::resolve::Resolver;
 use crate::secret::Secret;
 use crate::target::{self, Class, ClassParams, Reject, Shape};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use tokio::time::Instant;
+use std::sync::Arc;
 
 /// More distinct candidate values than this in one request is no client's doing: refused
 /// (400) rather than fanned out into forge look-ups.
 pub const MAX_CANDIDATES: usize = 32;
 
+pub mod access;
+pub mod auth_log;
 mod body;
 mod decide;
+
+use access::{Record, RequestId};
+use auth_log::AuthLog;
 
 use body::{content_length, is_package_publish, read_body};
 
@@ -40,16 +43,25 @@ pub struct Gate {
     jobs: JobResolver,
     resolver: Resolver,
     metrics: Arc<Metrics>,
-    auth_log: Option<Mutex<std::fs::File>>,
+    auth_log: Option<Arc<AuthLog>>,
 }
 
 /// Per-request state, filled in as the phases run; it is what the access log line says.
 struct Ctx {
+    request_id: RequestId,
+    /// The peer address as the gateway saw it (not `X-Forwarded-For`).
+    peer: SocketAddr,
     method: http::Method,
     raw_target: String,
     class: Class,
     source: Option<JobIdentity>,
     target: Option<String>,
+    /// The target's id and visibility, when one project was resolved.
+    target_id: Option<u64>,
+    target_visibility: Option<crate::config::Visibility>,
+    /// Registry images' projects whose inbound allowlist refused a pull (a registry request
+    /// names several projects, and its reason is the scope filtering's).
+    inbound_refused: Vec<Refused>,
     decision: &'static str,
     reason: &'static str,
     candidates: Vec<Secret>,
@@ -68,18 +80,44 @@ struct Head {
 }
 
 impl Ctx {
-    fn for_request(method: http::Method, raw_target: String) -> Ctx {
+    fn for_request(
+        request_id: RequestId,
+        peer: SocketAddr,
+        method: http::Method,
+        raw_target: String,
+    ) -> Ctx {
         Ctx {
+            request_id,
+            peer,
             method,
             raw_target,
             class: Class::Unknown,
             source: None,
             target: None,
+            target_id: None,
+            target_visibility: None,
+            inbound_refused: Vec::new(),
             decision: "forward",
             reason: "no_job_token",
             candidates: Vec::new(),
         }
     }
+
+    /// Forgets what was decided (a streamed body's late credentials are decided afresh on the
+    /// whole request); the request's identity stays.
+    fn restart(&mut self) {
+        let (id, peer) = (self.request_id, self.peer);
+        let method = std::mem::replace(&mut self.method, http::Method::GET);
+        let raw_target = std::mem::take(&mut self.raw_target);
+        *self = Ctx::for_request(id, peer, method, raw_target);
+    }
+}
+
+/// A target project an inbound allowlist refused.
+struct Refused {
+    path: String,
+    id: u64,
+    visibility: crate::config::Visibility,
 }
 
 /// What the credential phase concluded.
@@ -106,12 +144,7 @@ impl Gate {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Gate> {
         let auth_log = match &config.auth_log {
-            Some(path) => Some(Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            )),
+            Some(path) => Some(Arc::new(AuthLog::open(path)?)),
             None => None,
         };
         Ok(Gate {
@@ -129,22 +162,29 @@ impl Gate {
         self.resolver.purge_expired();
     }
 
-    /// Decides one request and forwards it or answers it.
+    /// Decides one request and forwards it or answers it. Every answer scopegate gives itself
+    /// carries `X-Request-Id`; forwarded answers are the forge's, unchanged.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         tls: bool,
     ) -> Response<UpBody> {
-        let started = Instant::now();
-        let mut ctx = Ctx::for_request(
+        let ctx = Ctx::for_request(
+            RequestId::next(),
+            peer,
             req.method().clone(),
             req.uri()
                 .path_and_query()
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_else(|| "/".to_owned()),
         );
-        let resp = match self.process(req, peer, tls, &mut ctx).await {
+        // The record is the log phase: it writes its lines when the response body ends, or
+        // here if this future is dropped first.
+        let mut record = Record::begin(ctx, self.auth_log.clone());
+        let req = req.map(|b| access::count_request(b, record.request_bytes.clone()));
+        let ctx = &mut record.ctx;
+        let resp = match self.process(req, peer, tls, ctx).await {
             Ok(resp) => resp,
             Err(refusal) => {
                 if ctx.decision == "forward"
@@ -154,16 +194,22 @@ impl Gate {
                     // Refused after the decision: the forge could not be reached.
                     ctx.decision = "error";
                 }
-                refusal.into_response()
+                let mut resp = refusal.into_response();
+                resp.headers_mut().insert(
+                    http::header::HeaderName::from_static(access::REQUEST_ID_HEADER),
+                    ctx.request_id.header_value(),
+                );
+                resp
             }
         };
-        self.log(&ctx, resp.status(), started);
-        resp
+        self.metrics
+            .record(ctx.class.as_str(), ctx.decision, ctx.reason);
+        record.into_response(resp)
     }
 
     async fn process(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<UpBody>,
         peer: SocketAddr,
         tls: bool,
         ctx: &mut Ctx,
@@ -232,7 +278,6 @@ impl Gate {
         };
         let untyped = head.kind == BodyKind::Opaque
             && credentials::untyped_api_write(&head.method, &head.headers, &head.path.lower);
-        let body = forward::client_body(body);
         let read = read_body(
             head.kind.clone(),
             untyped,
@@ -481,61 +526,6 @@ impl Gate {
             ));
         }
         Ok(Holder::NoJobToken)
-    }
-}
-
-impl Gate {
-    /// The phase that always runs: one access-log line, one metric, one auth-log line.
-    fn log(&self, ctx: &Ctx, status: http::StatusCode, started: Instant) {
-        let candidates: Vec<&Secret> = ctx.candidates.iter().collect();
-        let path = logging::mask_target(&ctx.raw_target, &candidates);
-        let source = ctx
-            .source
-            .as_ref()
-            .map(|j| j.project_path.as_str())
-            .unwrap_or("-");
-        let job = ctx.source.as_ref().map(|j| j.job_id).unwrap_or(0);
-        let target = ctx.target.as_deref().unwrap_or("-");
-        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(
-            target: "scopegate::access",
-            method = %ctx.method,
-            path = %path,
-            class = ctx.class.as_str(),
-            source,
-            job,
-            target,
-            decision = ctx.decision,
-            reason = ctx.reason,
-            status = status.as_u16(),
-            duration_ms,
-            "request"
-        );
-        self.metrics
-            .record(ctx.class.as_str(), ctx.decision, ctx.reason);
-        if let (Some(file), Some(job)) = (&self.auth_log, &ctx.source) {
-            let line = serde_json::json!({
-                "time": std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0),
-                "method": ctx.method.as_str(),
-                "path": path,
-                "class": ctx.class.as_str(),
-                "source_project": job.project_path,
-                "source_project_id": job.project_id,
-                "job_id": job.job_id,
-                "target": target,
-                "decision": ctx.decision,
-                "reason": ctx.reason,
-                "status": status.as_u16(),
-            });
-            if let Ok(mut f) = file.lock() {
-                if let Err(e) = writeln!(f, "{line}") {
-                    tracing::warn!(error = %e, "auth log write failed");
-                }
-            }
-        }
     }
 }
 

@@ -15,7 +15,6 @@ use crate::forge::{BodyError, UpBody};
 use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -244,7 +243,7 @@ pub struct Streamed {
 struct Withheld;
 
 /// Starts pumping `body` upstream through the scanner.
-pub fn stream_multipart(body: Incoming, boundary: &str, limit: usize, idle: Duration) -> Streamed {
+pub fn stream_multipart(body: UpBody, boundary: &str, limit: usize, idle: Duration) -> Streamed {
     let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, BodyError>>(4);
     let (outcome_tx, outcome) = oneshot::channel();
     let (release, release_rx) = oneshot::channel::<bool>();

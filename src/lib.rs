@@ -3,7 +3,8 @@
 //!
 //! The request's phases are written down once, in [`gate`]:
 //! extract ([`credentials`]) → resolve ([`jobs`]) → target ([`canonical`], [`target`],
-//! [`resolve`]) → decide ([`policy`]) → forward ([`forward`]) → log.
+//! [`resolve`]) → decide ([`policy`]) → forward ([`forward`]) → log ([`gate::access`]).
+//! [`suggest`] reads the authentication log back into inbound allowlist entries.
 //! Extraction, classification and policy are pure functions of the request head, the config
 //! and the job's facts; every piece of I/O (listeners, the forge client, caches) lives at the
 //! edges ([`server`], [`forge`], [`jobs`], [`resolve`]).
@@ -26,6 +27,7 @@ pub mod reload;
 pub mod resolve;
 pub mod secret;
 pub mod server;
+pub mod suggest;
 pub mod target;
 
 pub use config::Config;

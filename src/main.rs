@@ -1,5 +1,5 @@
-//! The `scopegate` command: `run`, `check`, `demo`. Exit codes: 0 ok, 1 runtime failure,
-//! 2 bad configuration.
+//! The `scopegate` command: `run`, `check`, `demo`, `allowlist suggest`. Exit codes: 0 ok,
+//! 1 runtime failure, 2 bad configuration.
 
 use clap::{Parser, Subcommand};
 use scopegate::config::{Config, LogFormat};
@@ -34,6 +34,26 @@ enum Command {
     },
     /// Start a demo forge with sample projects and tokens, and scopegate in front of it.
     Demo,
+    /// Work with inbound allowlists.
+    Allowlist {
+        #[command(subcommand)]
+        command: AllowlistCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AllowlistCommand {
+    /// Print the inbound allowlist entries (YAML for `projects:`) that would allow the
+    /// cross-project job-token traffic an auth log recorded as denied or would_deny.
+    Suggest {
+        /// The auth log (`auth_log.path`), one JSON line per job-token request.
+        #[arg(long)]
+        auth_log: PathBuf,
+        /// The config in force: entries it already allows are left out, and the projects it
+        /// lists are printed whole (existing inbound list plus the new entries).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +69,9 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Allowlist {
+            command: AllowlistCommand::Suggest { auth_log, config },
+        } => suggest(&auth_log, config.as_deref()),
         Command::Check { config, forge } => match Config::load(&config) {
             Ok(c) => {
                 print!("{}", c.summary());
@@ -84,6 +107,35 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `allowlist suggest`: exit 0 with the suggestion on stdout (unreadable log lines reported
+/// on stderr and skipped), 1 when the log cannot be read, 2 for a bad config.
+fn suggest(auth_log: &std::path::Path, config: Option<&std::path::Path>) -> ExitCode {
+    let config = match config.map(Config::load).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = match std::fs::read(auth_log) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => {
+            eprintln!("scopegate: cannot read {}: {e}", auth_log.display());
+            return ExitCode::from(1);
+        }
+    };
+    let (lines, bad) = scopegate::suggest::parse(&text);
+    for b in &bad {
+        eprintln!("{}:{}: skipped: {}", auth_log.display(), b.line, b.message);
+    }
+    let suggestions = scopegate::suggest::aggregate(&lines, config.as_ref());
+    print!(
+        "{}",
+        scopegate::suggest::render(&suggestions, config.as_ref())
+    );
+    ExitCode::SUCCESS
 }
 
 async fn run(path: PathBuf, config: Config) -> ExitCode {

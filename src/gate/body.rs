@@ -11,7 +11,6 @@ use crate::forward::{self, Outbound};
 use crate::inspect::{self, ScanError};
 use bytes::Bytes;
 use http::Response;
-use hyper::body::Incoming;
 
 impl Gate {
     /// Whether a multipart body streams (too large, or of unknown length, to read whole).
@@ -34,7 +33,7 @@ impl Gate {
         creds: Vec<Credential>,
         boundary: &str,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: UpBody,
         tls: bool,
         ctx: &mut Ctx,
     ) -> Result<Response<UpBody>, Refusal> {
@@ -89,7 +88,7 @@ impl Gate {
             let mut all = creds;
             all.extend(late);
             // The decision on the whole request replaces the one on its head.
-            *ctx = Ctx::for_request(ctx.method.clone(), ctx.raw_target.clone());
+            ctx.restart();
             if let Err(refusal) = self.authorize(&head, &all, &params, ctx).await {
                 let _ = release.send(false);
                 return Err(refusal);

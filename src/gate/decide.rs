@@ -134,17 +134,23 @@ impl Gate {
                 .directory(&source, Some(&t), &[], &[])
                 .await
                 .map_err(|f| self.unavailable(ctx, f))?;
-            let actions: Vec<&str> = scope
-                .actions
-                .iter()
-                .map(String::as_str)
-                .filter(|a| {
-                    matches!(
-                        policy::decide_registry_action(config, &dir, &source, &t, a),
-                        Decision::Allow(_)
-                    )
-                })
-                .collect();
+            let mut actions: Vec<&str> = Vec::with_capacity(scope.actions.len());
+            for a in scope.actions.iter().map(String::as_str) {
+                match policy::decide_registry_action(config, &dir, &source, &t, a) {
+                    Decision::Allow(_) => actions.push(a),
+                    // A pull the inbound allowlist refused: what `allowlist suggest` can fix.
+                    Decision::Deny(policy::Deny::InboundAllowlist) => {
+                        if !ctx.inbound_refused.iter().any(|r| r.id == t.id) {
+                            ctx.inbound_refused.push(super::Refused {
+                                path: t.path.clone(),
+                                id: t.id,
+                                visibility: t.visibility,
+                            });
+                        }
+                    }
+                    Decision::Deny(_) => {}
+                }
+            }
             filtered |= actions.len() < scope.actions.len();
             if !actions.is_empty() {
                 kept.push(format!(
@@ -155,6 +161,10 @@ impl Gate {
                 ));
             }
             targets.push(t.path);
+        }
+        if targets.len() != 1 {
+            ctx.target_id = None;
+            ctx.target_visibility = None;
         }
         ctx.target = Some(targets.join(","));
         if kept.is_empty() {
@@ -246,6 +256,8 @@ impl Gate {
             .map_err(|f| self.unavailable(ctx, f))?;
         if let Some(t) = &t {
             ctx.target = Some(t.path.clone());
+            ctx.target_id = Some(t.id);
+            ctx.target_visibility = Some(t.visibility);
         }
         Ok(t)
     }

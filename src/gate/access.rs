@@ -1,0 +1,302 @@
+//! The log phase: request ids, the access line and the authentication-log line.
+//!
+//! Bytes and duration are only known when the response body ends, so the per-request record
+//! rides inside the response body (`Logged`) and writes its lines when that body finishes or
+//! is dropped (an aborted download, a closed connection), exactly once — as nginx logs after
+//! completion. A request whose handler is cancelled before a response exists (the client went
+//! away mid-look-up) is logged by the record's own `Drop`, with nginx's 499.
+
+use super::auth_log::{AuthLine, AuthLog, RefusedTarget};
+use super::Ctx;
+use crate::forge::{BodyError, UpBody};
+use crate::logging;
+use crate::secret::Secret;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+
+/// The response header that carries the request id on every answer scopegate gives itself.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// nginx's "client closed request": the client left before any response was produced.
+const CLIENT_CLOSED: u16 = 499;
+
+/// A request's id: a per-process random prefix and a per-process counter, 24 hex digits.
+/// Unique across restarts (the prefix) and cheap (an atomic increment, no syscall).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId {
+    prefix: u32,
+    seq: u64,
+}
+
+static SEQUENCE: AtomicU64 = AtomicU64::new(1);
+static PREFIX: OnceLock<u32> = OnceLock::new();
+
+impl RequestId {
+    pub fn next() -> RequestId {
+        let prefix = *PREFIX.get_or_init(|| {
+            // `RandomState` is seeded from the OS's randomness once per thread: a random
+            // 32-bit prefix without a dependency; the pid and the clock make a collision
+            // between two processes' prefixes even less likely.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+                h.write_u128(d.as_nanos());
+            }
+            let v = h.finish();
+            (v ^ (v >> 32)) as u32
+        });
+        RequestId {
+            prefix,
+            seq: SEQUENCE.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    pub fn header_value(&self) -> http::HeaderValue {
+        // 24 hex digits are always a valid header value.
+        http::HeaderValue::from_str(&self.to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}{:016x}", self.prefix, self.seq)
+    }
+}
+
+/// Counts the request body's bytes as they are read, whichever phase reads them (the
+/// inspector, the multipart scanner, the forwarder). One atomic add per chunk.
+struct CountingRequest {
+    inner: hyper::body::Incoming,
+    count: Arc<AtomicU64>,
+}
+
+impl Body for CountingRequest {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client's body in the one type every later phase takes, counted on the way.
+pub(super) fn count_request(body: hyper::body::Incoming, count: Arc<AtomicU64>) -> UpBody {
+    CountingRequest { inner: body, count }.boxed()
+}
+
+/// What the log phase needs about one request, filled in by the other phases.
+pub(super) struct Record {
+    pub ctx: Ctx,
+    started: Instant,
+    /// `None` until a response exists.
+    status: Option<u16>,
+    pub request_bytes: Arc<AtomicU64>,
+    response_bytes: u64,
+    auth_log: Option<Arc<AuthLog>>,
+    done: bool,
+}
+
+impl Record {
+    pub fn begin(ctx: Ctx, auth_log: Option<Arc<AuthLog>>) -> Record {
+        Record {
+            ctx,
+            started: Instant::now(),
+            status: None,
+            request_bytes: Arc::new(AtomicU64::new(0)),
+            response_bytes: 0,
+            auth_log,
+            done: false,
+        }
+    }
+
+    /// The response is ready: the record travels inside its body from now on.
+    pub fn into_response(mut self, resp: http::Response<UpBody>) -> http::Response<UpBody> {
+        self.status = Some(resp.status().as_u16());
+        resp.map(|inner| {
+            Logged {
+                inner,
+                record: self,
+            }
+            .boxed()
+        })
+    }
+
+    /// Writes the access line and, for a job-token request, the auth-log line. Once.
+    fn finish(&mut self, complete: bool) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let access = tracing::enabled!(target: "scopegate::access", tracing::Level::INFO);
+        let auth = self.auth_log.is_some() && self.ctx.source.is_some();
+        if !access && !auth {
+            return;
+        }
+        let ctx = &self.ctx;
+        let status = self.status.unwrap_or(CLIENT_CLOSED);
+        let candidates: Vec<&Secret> = ctx.candidates.iter().collect();
+        let path = logging::mask_target(&ctx.raw_target, &candidates);
+        let target = ctx.target.as_deref().unwrap_or("-");
+        if access {
+            let source = ctx
+                .source
+                .as_ref()
+                .map(|j| j.project_path.as_str())
+                .unwrap_or("-");
+            let job = ctx.source.as_ref().map(|j| j.job_id).unwrap_or(0);
+            let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            tracing::info!(
+                target: "scopegate::access",
+                request_id = %ctx.request_id,
+                client = %ctx.peer,
+                method = %ctx.method,
+                path = %path,
+                class = ctx.class.as_str(),
+                source,
+                job,
+                target,
+                decision = ctx.decision,
+                reason = ctx.reason,
+                status,
+                bytes_received = self.request_bytes.load(Ordering::Relaxed),
+                bytes_sent = self.response_bytes,
+                duration_ms,
+                complete,
+                "request"
+            );
+        }
+        if let (Some(log), Some(job)) = (&self.auth_log, &ctx.source) {
+            log.write(&AuthLine {
+                time: super::auth_log::rfc3339_millis(std::time::SystemTime::now()),
+                request_id: ctx.request_id.to_string(),
+                method: ctx.method.as_str(),
+                path: &path,
+                class: ctx.class.as_str(),
+                source_project: &job.project_path,
+                source_project_id: job.project_id,
+                job_id: job.job_id,
+                target_project: ctx.target.as_deref(),
+                target_project_id: ctx.target_id,
+                target_visibility: ctx.target_visibility.map(|v| v.as_str()),
+                decision: ctx.decision,
+                reason: ctx.reason,
+                status,
+                inbound_refused: ctx
+                    .inbound_refused
+                    .iter()
+                    .map(|r| RefusedTarget {
+                        path: &r.path,
+                        id: r.id,
+                        visibility: r.visibility.as_str(),
+                    })
+                    .collect(),
+            });
+        }
+    }
+}
+
+impl Drop for Record {
+    /// Reached with `done` unset only when the handler was cancelled before a response
+    /// existed (the body wrapper finishes the record otherwise).
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+/// The response body, counted; the record's lines are written when it ends or is dropped.
+struct Logged {
+    inner: UpBody,
+    record: Record,
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.record.response_bytes += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.record.finish(true);
+                }
+            }
+            Poll::Ready(None) => this.record.finish(true),
+            Poll::Ready(Some(Err(_))) => this.record.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        // A body with nothing (left) to send — a HEAD answer, a 304, an empty refusal —
+        // may be dropped without ever being polled: it is complete all the same.
+        let complete = self.inner.is_end_stream();
+        self.record.finish(complete);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_fixed_width_hex_and_distinct() {
+        let a = RequestId::next();
+        let b = RequestId::next();
+        let (sa, sb) = (a.to_string(), b.to_string());
+        assert_eq!(sa.len(), 24);
+        assert!(sa.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(sa, sb);
+        // One process, one prefix.
+        assert_eq!(sa[..8], sb[..8]);
+        assert_eq!(a.header_value().to_str().ok(), Some(sa.as_str()));
+    }
+}

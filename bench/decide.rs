@@ -14,7 +14,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Method};
 use scopegate::canonical;
-use scopegate::config::Config;
+use scopegate::config::{Config, Ref};
 use scopegate::credentials::{self, Origin};
 use scopegate::jobs::JobIdentity;
 use scopegate::policy::{self, Decision};
@@ -148,57 +148,71 @@ impl Core {
     }
 
     /// The gate's phases for one request, minus the job-token cache and the forwarding.
+    fn decide(&self, req: &Request) -> Decision {
+        black_box(extract(req));
+        let (target, shadow) = classify(&self.config, req);
+        self.resolve_decide(&target, shadow.as_ref())
+    }
+
     /// Every resolver call must complete without I/O (`now_or_never`): without a service
     /// token, configured private projects are answered from the config.
-    fn decide(&self, req: &Request) -> Decision {
-        let config = &*self.config;
-        // Extract.
-        let head_path = canonical::canonicalize(&req.path, "", false).expect("path");
-        let mut creds = credentials::from_headers(&req.headers);
-        let params = req.query.map(credentials::parse_query).unwrap_or_default();
-        creds.extend(credentials::credentials_from_params(&params, Origin::Query));
-        assert_eq!(creds.len(), 1, "{}: one credential", req.name);
-        let _kind = credentials::body_kind(&req.method, &req.headers).expect("content type");
-        let class_params = ClassParams {
-            service: credentials::single_value(&params, "service").expect("one service"),
-            lfs_operation: None,
-            scopes: Vec::new(),
-            registry_params: params
-                .iter()
-                .map(|p| (p.name.as_str(), p.value.as_str()))
-                .collect(),
-        };
-        let shallow = target::classify(
-            &req.method,
-            &head_path,
-            req.query,
-            &class_params,
-            &config.routes,
-            false,
-        );
-        black_box(&shallow);
-        // Target.
-        let path = canonical::canonicalize(&req.path, "", true).expect("path");
-        let target = target::classify(
-            &req.method,
-            &path,
-            req.query,
-            &class_params,
-            &config.routes,
-            true,
-        )
-        .expect("classified");
-        let shadow = target::repository_shadow(&path);
-        // Resolve and decide.
+    fn resolve_decide(&self, target: &target::Target, shadow: Option<&Ref>) -> Decision {
         let source = now(self.resolver.source(&self.job));
-        let reference = shadow
-            .as_ref()
-            .or(target.project.as_ref())
-            .expect("project");
+        let reference = shadow.or(target.project.as_ref()).expect("project");
         let t = now(self.resolver.target(reference, &source)).expect("target resolves");
         let dir = now(self.resolver.directory(&source, Some(&t), &[], &[]));
         policy::decide(self.resolver.index(), &dir, &source, &t, target.action)
     }
+}
+
+/// Extract: every credential in the head and the query, the body's kind, and the shallow
+/// classification the gate logs for requests without a job token.
+fn extract(req: &Request) -> usize {
+    let head_path = canonical::canonicalize(&req.path, "", false).expect("path");
+    let mut creds = credentials::from_headers(&req.headers);
+    let params = req.query.map(credentials::parse_query).unwrap_or_default();
+    creds.extend(credentials::credentials_from_params(&params, Origin::Query));
+    assert_eq!(creds.len(), 1, "{}: one credential", req.name);
+    let _kind = credentials::body_kind(&req.method, &req.headers).expect("content type");
+    let shallow = target::classify(
+        &req.method,
+        &head_path,
+        req.query,
+        &class_params(&params),
+        &[],
+        false,
+    );
+    black_box(&shallow);
+    creds.len()
+}
+
+fn class_params(params: &[credentials::Param]) -> ClassParams<'_> {
+    ClassParams {
+        service: credentials::single_value(params, "service").expect("one service"),
+        lfs_operation: None,
+        scopes: Vec::new(),
+        registry_params: params
+            .iter()
+            .map(|p| (p.name.as_str(), p.value.as_str()))
+            .collect(),
+    }
+}
+
+/// Target: the job-token canonicalisation (strict) and the classification.
+fn classify(config: &Config, req: &Request) -> (target::Target, Option<Ref>) {
+    let params = req.query.map(credentials::parse_query).unwrap_or_default();
+    let path = canonical::canonicalize(&req.path, "", true).expect("path");
+    let target = target::classify(
+        &req.method,
+        &path,
+        req.query,
+        &class_params(&params),
+        &config.routes,
+        true,
+    )
+    .expect("classified");
+    let shadow = target::repository_shadow(&path);
+    (target, shadow)
 }
 
 /// Polls a resolver future once: it must not wait on the forge here.
@@ -232,6 +246,22 @@ fn bench(c: &mut Criterion) {
         }
     }
     group.finish();
+
+    // Where a request's time goes, phase by phase (the allowed API request).
+    let req = &requests[0];
+    let mut phases = c.benchmark_group("phase");
+    let core = &cores[1].1;
+    phases.bench_function("extract", |b| b.iter(|| extract(black_box(req))));
+    phases.bench_function("canonicalise_classify", |b| {
+        b.iter(|| classify(&core.config, black_box(req)))
+    });
+    let (target, _) = classify(&core.config, req);
+    for (n, core) in &cores {
+        phases.bench_with_input(BenchmarkId::new("resolve_decide", n), &target, |b, t| {
+            b.iter(|| core.resolve_decide(black_box(t), None))
+        });
+    }
+    phases.finish();
 }
 
 criterion_group!(benches, bench);

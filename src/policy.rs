@@ -4,8 +4,8 @@
 //! It sits between target resolution and forwarding: by the time it runs, every reference has
 //! been resolved to ids (or to the path knowledge in [`Directory`]), so nothing here can fail
 //! and nothing here waits. The config arrives compiled ([`ScopeIndex`], built once per config
-//! generation), so nothing here scans `projects:` or an allowlist either. Audit mode and response shapes belong to the gateway; this module
-//! only says *what* would happen and *why*.
+//! generation), so nothing here scans `projects:` or an allowlist either. Audit mode and
+//! response shapes belong to the gateway; this module only says *what* would happen and *why*.
 
 use crate::config::{AccessLevel, Features, Visibility};
 use crate::target::{Action, Feature};

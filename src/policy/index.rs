@@ -122,10 +122,6 @@ impl ScopeIndex {
         }
     }
 
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
-    }
-
     /// The configured project with this id.
     pub fn project(&self, id: u64) -> Option<&ProjectConfig> {
         let entry = self.projects.get(&id)?;

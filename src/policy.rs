@@ -3,12 +3,15 @@
 //!
 //! It sits between target resolution and forwarding: by the time it runs, every reference has
 //! been resolved to ids (or to the path knowledge in [`Directory`]), so nothing here can fail
-//! and nothing here waits. Audit mode and response shapes belong to the gateway; this module
-//! only says *what* would happen and *why*.
+//! and nothing here waits. The config arrives compiled ([`ScopeIndex`], built once per config
+//! generation), so nothing here scans `projects:` or an allowlist either. Audit mode and
+//! response shapes belong to the gateway; this module only says *what* would happen and *why*.
 
-use crate::config::{AccessLevel, Config, Features, Ref, Sources, Visibility};
+use crate::config::{AccessLevel, Features, Visibility};
 use crate::target::{Action, Feature};
-use std::collections::HashMap;
+
+mod index;
+pub use index::{Allowlist, Directory, ScopeIndex};
 
 /// The project whose job holds the token (S).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,16 +33,6 @@ pub struct TargetProject {
     pub visibility: Visibility,
     /// Effective feature access levels (the forge's answer with a service token, else config).
     pub features: Features,
-}
-
-/// Path → id knowledge the I/O layer gathered (config pairs, forge look-ups), so allowlist
-/// entries written as paths can be compared by id.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Directory {
-    /// Lower-cased full project path → id.
-    pub project_ids: HashMap<String, u64>,
-    /// Lower-cased full group path → id.
-    pub group_ids: HashMap<String, u64>,
 }
 
 /// Why a request is let through.
@@ -130,13 +123,13 @@ impl Decision {
 /// `Action::Push` is scoped first, as a write: a push out of scope gets the scope denial (so
 /// it is as invisible as any other), an in-scope push the 403.
 pub fn decide(
-    config: &Config,
+    index: &ScopeIndex,
     dir: &Directory,
     source: &SourceProject,
     target: &TargetProject,
     action: Action,
 ) -> Decision {
-    let scoped = scope(config, dir, source, target, action);
+    let scoped = scope(index, dir, source, target, action);
     if action != Action::Push {
         return scoped;
     }
@@ -145,7 +138,7 @@ pub fn decide(
         // GitLab refuses every job-token push (the seed page; issue 389060); `git_push` is
         // scopegate's opt-in for a job pushing to its own project only.
         Decision::Allow(_)
-            if target.id == source.id && config.project(target.id).is_some_and(|p| p.git_push) =>
+            if target.id == source.id && index.project(target.id).is_some_and(|p| p.git_push) =>
         {
             Decision::Allow(Allow::SameProject)
         }
@@ -159,7 +152,7 @@ pub fn decide(
 /// the registry feature; `push`, `delete` and `*` change images, which a job token may do only
 /// in its own project; any other action is never granted.
 pub fn decide_registry_action(
-    config: &Config,
+    index: &ScopeIndex,
     dir: &Directory,
     source: &SourceProject,
     target: &TargetProject,
@@ -167,7 +160,7 @@ pub fn decide_registry_action(
 ) -> Decision {
     match action {
         "pull" => decide(
-            config,
+            index,
             dir,
             source,
             target,
@@ -181,13 +174,18 @@ pub fn decide_registry_action(
 
 /// Does a `routes:` entry's `sources` admit S? S matches a listed project, or lies inside a
 /// listed group (subgroups included), by the same rules as an inbound allowlist.
-pub fn source_allowed(sources: &Sources, dir: &Directory, source: &SourceProject) -> bool {
-    lists_source(&sources.projects, &sources.groups, dir, source)
+pub fn source_allowed(
+    index: &ScopeIndex,
+    sources: &Allowlist,
+    dir: &Directory,
+    source: &SourceProject,
+) -> bool {
+    index.lists_source(sources, dir, source)
 }
 
 /// Steps 1–5 of §4, for any action (a push is scoped as a write).
 fn scope(
-    config: &Config,
+    index: &ScopeIndex,
     dir: &Directory,
     source: &SourceProject,
     target: &TargetProject,
@@ -211,14 +209,14 @@ fn scope(
 
     // 3. `Scope#inbound_accessible?`: T decides who gets in. A project the config does not
     //    mention has GitLab's default for new projects: enabled, listing only itself.
-    let target_config = config.project(target.id);
-    let inbound_enabled = match target_config {
+    let inbound_enabled = match index.project(target.id) {
         Some(p) => p.inbound.enabled,
         None => true,
     };
     if inbound_enabled {
-        let listed = target_config
-            .is_some_and(|p| lists_source(&p.inbound.projects, &p.inbound.groups, dir, source));
+        let listed = index
+            .inbound(target.id)
+            .is_some_and(|list| index.lists_source(list, dir, source));
         if !listed {
             return Decision::Deny(Deny::InboundAllowlist);
         }
@@ -226,14 +224,12 @@ fn scope(
 
     // 4. `Scope#outbound_accessible?`: S limits where it goes, and only private projects
     //    count ("If project B is public or internal, you do not need to add B").
-    if let Some(source_config) = config.project(source.id) {
-        let outbound = &source_config.outbound;
-        if outbound.enabled
+    if let (Some(source_config), Some(outbound)) =
+        (index.project(source.id), index.outbound(source.id))
+    {
+        if source_config.outbound.enabled
             && target.visibility == Visibility::Private
-            && !outbound
-                .projects
-                .iter()
-                .any(|entry| project_entry_matches(entry, dir, target.id, &target.path))
+            && !index.names_project(outbound, dir, target.id, &target.path)
         {
             return Decision::Deny(Deny::OutboundScope);
         }
@@ -259,78 +255,6 @@ fn access_level(features: &Features, feature: Feature) -> AccessLevel {
         Feature::Environments => features.environments,
     };
     level.unwrap_or(AccessLevel::Enabled)
-}
-
-/// Is S one of `projects`, or inside one of `groups`?
-fn lists_source(projects: &[Ref], groups: &[Ref], dir: &Directory, source: &SourceProject) -> bool {
-    projects
-        .iter()
-        .any(|entry| project_entry_matches(entry, dir, source.id, &source.path))
-        || groups
-            .iter()
-            .any(|entry| group_contains(entry, dir, source))
-}
-
-/// Does a project entry name the project (`id`, `path`)?
-///
-/// Ids are authoritative (GitLab's allowlist stores project ids): a path entry the directory
-/// knows is compared by its id only, so a project that now sits at a renamed project's old
-/// path does not inherit its place. A path the directory does not know is compared as a path.
-fn project_entry_matches(entry: &Ref, dir: &Directory, id: u64, path: &str) -> bool {
-    match entry {
-        Ref::Id(n) => *n == id,
-        Ref::Path(p) => match lookup(&dir.project_ids, p) {
-            Some(known) => known == id,
-            None => p.eq_ignore_ascii_case(path),
-        },
-    }
-}
-
-/// Is S inside the group an entry names (at any depth)?
-///
-/// GitLab's `Allowlist#includes_group?` intersects the listed group ids with the ids of S's
-/// parent groups. With those ids (a service token resolved them) that is the only test, and a
-/// group path is compared through its resolved id; a group path that did not resolve matches
-/// nothing. Without them, S's path is matched segment by segment: `g/trusted` contains
-/// `g/trusted/x` and `g/trusted/sub/x`, never `g/trusted-evil/x`, nor a project whose full
-/// path is `g/trusted` itself.
-fn group_contains(entry: &Ref, dir: &Directory, source: &SourceProject) -> bool {
-    match (&source.ancestor_group_ids, entry) {
-        (Some(ancestors), Ref::Id(g)) => ancestors.contains(g),
-        (Some(ancestors), Ref::Path(p)) => {
-            lookup(&dir.group_ids, p).is_some_and(|g| ancestors.contains(&g))
-        }
-        (None, Ref::Path(p)) => path_within(&source.path, p),
-        // A group id without ancestor ids: usable only through a path the directory pairs
-        // with that id.
-        (None, Ref::Id(g)) => dir
-            .group_ids
-            .iter()
-            .any(|(p, id)| id == g && path_within(&source.path, p)),
-    }
-}
-
-/// Is `path` strictly below `group` on segment boundaries (ASCII case folded)?
-fn path_within(path: &str, group: &str) -> bool {
-    let (path, group) = (path.as_bytes(), group.trim_matches('/').as_bytes());
-    !group.is_empty()
-        && path.len() > group.len()
-        && path[group.len()] == b'/'
-        && path[..group.len()].eq_ignore_ascii_case(group)
-}
-
-/// Look a path up in a directory map, whose keys are lower-cased.
-///
-/// Inputs are lower-cased by contract (config validation, the resolver); folding again here
-/// keeps a caller's slip from turning into a silent miss.
-fn lookup(map: &HashMap<String, u64>, path: &str) -> Option<u64> {
-    match map.get(path) {
-        Some(id) => Some(*id),
-        None if path.bytes().any(|b| b.is_ascii_uppercase()) => {
-            map.get(&path.to_ascii_lowercase()).copied()
-        }
-        None => None,
-    }
 }
 
 #[cfg(test)]

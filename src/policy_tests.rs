@@ -7,9 +7,10 @@
 use super::*;
 use crate::config::{
     Cache, Config, DenyResponse, Dependencies, Inbound, Limits, LogFormat, Mode, Outbound,
-    ProjectConfig, Upstream,
+    ProjectConfig, Ref, Sources, Upstream,
 };
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 use Visibility::{Internal, Private, Public};
 
@@ -168,11 +169,20 @@ fn with_level(mut t: TargetProject, feature: Feature, level: Option<AccessLevel>
     t
 }
 
+/// What a request learned beyond the config's pairs (which the index supplies).
 fn dir(projects: &[(&str, u64)], groups: &[(&str, u64)]) -> Directory {
-    Directory {
-        project_ids: projects.iter().map(|(p, i)| (p.to_string(), *i)).collect(),
-        group_ids: groups.iter().map(|(p, i)| (p.to_string(), *i)).collect(),
+    let mut d = Directory::default();
+    for (p, i) in projects {
+        d.insert_project(p, *i);
     }
+    for (p, i) in groups {
+        d.insert_group(p, *i);
+    }
+    d
+}
+
+fn index(config: &Config) -> ScopeIndex {
+    ScopeIndex::new(Arc::new(config.clone()))
 }
 
 fn nodir() -> Directory {
@@ -215,7 +225,7 @@ fn run(rows: Vec<Row>) {
     let mut failures = Vec::new();
     for (name, config, dir, source, target, action, want) in &rows {
         assert!(names.insert(name.clone()), "duplicate row name {name:?}");
-        let got = decide(config, dir, source, target, *action);
+        let got = decide(&index(config), dir, source, target, *action);
         if got != *want {
             failures.push(format!("{name}: want {want:?}, got {got:?}"));
         }
@@ -494,7 +504,7 @@ fn registry_actions() {
     let failures: Vec<String> = table
         .iter()
         .filter_map(|(name, config, target, action, want)| {
-            let got = decide_registry_action(config, &nodir(), &s(), target, action);
+            let got = decide_registry_action(&index(config), &nodir(), &s(), target, action);
             (got != *want).then(|| format!("{name}: want {want:?}, got {got:?}"))
         })
         .collect();
@@ -517,10 +527,11 @@ fn registry_pull_is_a_registry_read() {
         for vis in [Public, Internal, Private] {
             for level in levels {
                 let target = with_level(t(vis), Feature::Registry, level);
+                let index = index(&config);
                 assert_eq!(
-                    decide_registry_action(&config, &nodir(), &s(), &target, "pull"),
+                    decide_registry_action(&index, &nodir(), &s(), &target, "pull"),
                     decide(
-                        &config,
+                        &index,
                         &nodir(),
                         &s(),
                         &target,
@@ -553,7 +564,10 @@ fn route_sources() {
     ];
     let failures: Vec<&str> = table
         .iter()
-        .filter(|(_, sources, d, source, want)| source_allowed(sources, d, source) != *want)
+        .filter(|(_, sources, d, source, want)| {
+            let list = Allowlist::from_sources(sources);
+            source_allowed(&index(&cfg(vec![])), &list, d, source) != *want
+        })
         .map(|(name, ..)| *name)
         .collect();
     assert!(failures.is_empty(), "failing: {failures:?}");

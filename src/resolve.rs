@@ -10,7 +10,7 @@ use crate::admin::Metrics;
 use crate::config::{AccessLevel, Config, Features, Ref, Visibility};
 use crate::forge::{self, HttpClient, LookupFailure};
 use crate::jobs::JobIdentity;
-use crate::policy::{Directory, SourceProject, TargetProject};
+use crate::policy::{Directory, ScopeIndex, SourceProject, TargetProject};
 use dashmap::DashMap;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use std::sync::atomic::Ordering;
@@ -46,6 +46,9 @@ enum Cached<T> {
 pub struct Resolver {
     client: HttpClient,
     config: Arc<Config>,
+    /// The config's projects by id and path and its allowlists as sets, built once here (the
+    /// resolver lives as long as its config generation) so no request scans `projects:`.
+    index: ScopeIndex,
     service_token: Option<http::HeaderValue>,
     projects: DashMap<String, (Instant, Cached<ForgeProject>)>,
     groups: DashMap<String, (Instant, Cached<ForgeGroup>)>,
@@ -62,6 +65,7 @@ impl Resolver {
         });
         Resolver {
             client,
+            index: ScopeIndex::new(config.clone()),
             config,
             service_token,
             projects: DashMap::new(),
@@ -75,6 +79,11 @@ impl Resolver {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// The compiled config the policy decides on.
+    pub fn index(&self) -> &ScopeIndex {
+        &self.index
     }
 
     pub fn has_service_token(&self) -> bool {
@@ -120,7 +129,7 @@ impl Resolver {
             let Some(found) = self.forge_project(reference).await? else {
                 return Ok(None);
             };
-            let configured = self.config.project(found.id);
+            let configured = self.index.project(found.id);
             let visibility = match configured {
                 Some(c) => found.visibility.min(c.visibility),
                 None => found.visibility,
@@ -135,12 +144,8 @@ impl Resolver {
         // Without a service token: config pairs and the job's own project first, then an
         // anonymous look-up, which finds public projects only.
         let configured = match reference {
-            Ref::Id(id) => self.config.project(*id),
-            Ref::Path(p) => self
-                .config
-                .projects
-                .iter()
-                .find(|c| c.path.as_deref() == Some(p.as_str())),
+            Ref::Id(id) => self.index.project(*id),
+            Ref::Path(p) => self.index.project_at(p),
         };
         if let Some(c) = configured {
             let path = c
@@ -189,9 +194,10 @@ impl Resolver {
         }))
     }
 
-    /// Path → id knowledge for the allowlist entries the policy will compare: config pairs
-    /// always, and with a service token every path entry of T's inbound list, S's outbound
-    /// list and `extra` (a route's sources) resolved through the forge.
+    /// Path → id knowledge for the allowlist entries the policy will compare, beyond the
+    /// config's own pairs (which the [`ScopeIndex`] holds): S's and T's paths, and with a
+    /// service token every path entry of T's inbound list, S's outbound list and `extra` (a
+    /// route's sources) resolved through the forge.
     pub async fn directory(
         &self,
         source: &SourceProject,
@@ -200,38 +206,33 @@ impl Resolver {
         extra_groups: &[Ref],
     ) -> Result<Directory, LookupFailure> {
         let mut dir = Directory::default();
-        for c in &self.config.projects {
-            if let Some(p) = &c.path {
-                dir.project_ids.insert(p.clone(), c.id);
-            }
-        }
-        dir.project_ids.insert(source.path.clone(), source.id);
+        dir.insert_project(&source.path, source.id);
         if let Some(t) = target {
-            dir.project_ids.insert(t.path.clone(), t.id);
+            dir.insert_project(&t.path, t.id);
         }
         if !self.has_service_token() {
             return Ok(dir);
         }
         let mut project_refs: Vec<&Ref> = extra_projects.iter().collect();
         let mut group_refs: Vec<&Ref> = extra_groups.iter().collect();
-        if let Some(t) = target.and_then(|t| self.config.project(t.id)) {
+        if let Some(t) = target.and_then(|t| self.index.project(t.id)) {
             project_refs.extend(&t.inbound.projects);
             group_refs.extend(&t.inbound.groups);
         }
-        if let Some(s) = self.config.project(source.id) {
+        if let Some(s) = self.index.project(source.id) {
             project_refs.extend(&s.outbound.projects);
         }
         for r in project_refs {
             if let Ref::Path(p) = r {
                 if let Some(found) = self.forge_project(r).await? {
-                    dir.project_ids.insert(p.clone(), found.id);
+                    dir.insert_project(p, found.id);
                 }
             }
         }
         for r in group_refs {
             if let Ref::Path(p) = r {
                 if let Some(found) = self.forge_group(r).await? {
-                    dir.group_ids.insert(p.clone(), found.id);
+                    dir.insert_group(p, found.id);
                 }
             }
         }

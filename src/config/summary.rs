@@ -212,7 +212,7 @@ fn show_size(n: usize) -> String {
     ];
     UNITS
         .iter()
-        .find(|(scale, _)| n >= *scale && n % scale == 0)
+        .find(|(scale, _)| n >= *scale && n.is_multiple_of(*scale))
         .map_or_else(
             || format!("{n}B"),
             |(scale, unit)| format!("{}{unit}", n / scale),

@@ -341,9 +341,7 @@ async fn a_large_streamed_body_is_hashed_whole_and_kept_only_in_part() {
         expected.update(&chunk);
     }
     let frames = futures_util::stream::iter(
-        std::iter::repeat(chunk.clone())
-            .take(CHUNKS)
-            .map(|c| Ok::<_, std::io::Error>(Frame::data(c))),
+        std::iter::repeat_n(chunk.clone(), CHUNKS).map(|c| Ok::<_, std::io::Error>(Frame::data(c))),
     );
     let req = Request::put("/api/v4/projects/1/packages/generic/p/1/big.bin")
         .header("host", "forge.test")

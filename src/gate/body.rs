@@ -19,7 +19,7 @@ impl Gate {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        declared.map_or(true, |n| n > self.config.limits.inspect_body as u64)
+        declared.is_none_or(|n| n > self.config.limits.inspect_body as u64)
     }
 
     /// A multipart upload too large to read whole: decided on its head first, then streamed to

@@ -50,7 +50,11 @@ impl Gate {
                 (Dependencies::Strict, None) => Verdict::Deny("dependency_unresolved", not_found),
             },
             Class::Route => {
-                let Some(route) = target.route.and_then(|i| config.routes.get(i)) else {
+                let index = self.resolver.index();
+                let (Some(route), Some(sources)) = (
+                    target.route.and_then(|i| config.routes.get(i)),
+                    target.route.and_then(|i| index.route_sources(i)),
+                ) else {
                     return Ok(Verdict::Deny("unknown_route", not_found));
                 };
                 let source = self.source(job, ctx).await?;
@@ -64,7 +68,7 @@ impl Gate {
                     )
                     .await
                     .map_err(|f| self.unavailable(ctx, f))?;
-                if policy::source_allowed(&route.sources, &dir, &source) {
+                if policy::source_allowed(index, sources, &dir, &source) {
                     Verdict::Allow("route_source")
                 } else {
                     Verdict::Deny("route_source", not_found)
@@ -94,7 +98,8 @@ impl Gate {
                     .directory(&source, Some(&t), &[], &[])
                     .await
                     .map_err(|f| self.unavailable(ctx, f))?;
-                let decision = policy::decide(config, &dir, &source, &t, target.action);
+                let decision =
+                    policy::decide(self.resolver.index(), &dir, &source, &t, target.action);
                 self.verdict(decision, shape, &source, &t)
             }
             Class::Registry => {
@@ -136,7 +141,7 @@ impl Gate {
                 .map_err(|f| self.unavailable(ctx, f))?;
             let mut actions: Vec<&str> = Vec::with_capacity(scope.actions.len());
             for a in scope.actions.iter().map(String::as_str) {
-                match policy::decide_registry_action(config, &dir, &source, &t, a) {
+                match policy::decide_registry_action(self.resolver.index(), &dir, &source, &t, a) {
                     Decision::Allow(_) => actions.push(a),
                     // A pull the inbound allowlist refused: what `allowlist suggest` can fix.
                     Decision::Deny(policy::Deny::InboundAllowlist) => {

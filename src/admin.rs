@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use http::{Response, StatusCode};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -39,6 +40,9 @@ pub struct Metrics {
     pub config_generation: AtomicU64,
     /// Reloads that left the previous configuration in force (bad file, bad certificate…).
     pub reload_failures: AtomicU64,
+    /// Authentication-log lines dropped because the writer could not keep up (shared with
+    /// every generation's log, so the count survives reloads).
+    pub auth_log_dropped: Arc<AtomicU64>,
     pub open_connections: AtomicU64,
     /// False once shutdown has begun.
     pub ready: AtomicBool,
@@ -69,6 +73,7 @@ impl Metrics {
             upstream_response: Histogram::new(),
             config_generation: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            auth_log_dropped: Arc::new(AtomicU64::new(0)),
             open_connections: AtomicU64::new(0),
             ready: AtomicBool::new(true),
             // Until a probe or a failed look-up says otherwise (see `server`).
@@ -168,6 +173,12 @@ impl Metrics {
                 "counter",
                 "Reloads that failed and left the previous configuration in force.",
                 load(&self.reload_failures),
+            ),
+            (
+                "scopegate_auth_log_dropped_total",
+                "counter",
+                "Authentication-log lines dropped because the writer fell behind.",
+                load(&self.auth_log_dropped),
             ),
             (
                 "scopegate_open_connections",

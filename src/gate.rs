@@ -144,7 +144,10 @@ impl Gate {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Gate> {
         let auth_log = match &config.auth_log {
-            Some(path) => Some(Arc::new(AuthLog::open(path)?)),
+            Some(path) => Some(Arc::new(AuthLog::open(
+                path,
+                metrics.auth_log_dropped.clone(),
+            )?)),
             None => None,
         };
         Ok(Gate {

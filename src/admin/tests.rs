@@ -111,6 +111,7 @@ fn every_family_is_declared_and_counters_render_their_values() {
         ("scopegate_project_cache_hits_total", "counter"),
         ("scopegate_project_cache_misses_total", "counter"),
         ("scopegate_reload_failures_total", "counter"),
+        ("scopegate_auth_log_dropped_total", "counter"),
         ("scopegate_config_generation", "gauge"),
         ("scopegate_open_connections", "gauge"),
         ("scopegate_upstream_response_seconds", "histogram"),

@@ -13,7 +13,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Lines that may wait for the writer before new ones are dropped.
@@ -62,22 +62,27 @@ pub struct AuthLog {
     /// Disconnects when the writer has written everything and stopped (in a mutex only
     /// because a receiver is not `Sync`; it is read once, in `drop`).
     finished: Mutex<Receiver<()>>,
-    dropped: AtomicU64,
+    /// Shared with the metrics (`scopegate_auth_log_dropped_total`).
+    dropped: Arc<AtomicU64>,
 }
 
 impl AuthLog {
     /// Opens (creating) `path` for appending and starts its writer. Opening happens here, on
     /// the caller's thread, so a bad path fails the start or the reload loudly.
-    pub fn open(path: &Path) -> std::io::Result<AuthLog> {
+    pub fn open(path: &Path, dropped: Arc<AtomicU64>) -> std::io::Result<AuthLog> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
-        AuthLog::start(file, QUEUE)
+        AuthLog::start(file, QUEUE, dropped)
     }
 
     /// A log whose writer thread appends to `out`, with room for `queue` waiting lines.
-    fn start(out: impl Write + Send + 'static, queue: usize) -> std::io::Result<AuthLog> {
+    fn start(
+        out: impl Write + Send + 'static,
+        queue: usize,
+        dropped: Arc<AtomicU64>,
+    ) -> std::io::Result<AuthLog> {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(queue);
         let (finished_tx, finished) = mpsc::channel::<()>();
         std::thread::Builder::new()
@@ -89,7 +94,7 @@ impl AuthLog {
         Ok(AuthLog {
             queue: Some(tx),
             finished: Mutex::new(finished),
-            dropped: AtomicU64::new(0),
+            dropped,
         })
     }
 
@@ -255,6 +260,8 @@ mod tests {
     fn a_stalled_disk_drops_lines_instead_of_blocking_requests() {
         let (go, wait) = std::sync::mpsc::channel();
         let (entered_tx, entered) = std::sync::mpsc::channel();
+        // The metrics' counter, as the gate passes it.
+        let counter = Arc::new(AtomicU64::new(0));
         let written = std::sync::Arc::new(Mutex::new(Vec::new()));
         let log = AuthLog::start(
             Stalled {
@@ -263,6 +270,7 @@ mod tests {
                 written: written.clone(),
             },
             2,
+            counter.clone(),
         )
         .expect("start");
         // The first line reaches the disk, which stalls; then the queue (two lines) fills and
@@ -276,6 +284,11 @@ mod tests {
         }
         let dropped = log.dropped();
         assert_eq!(dropped, 7);
+        assert_eq!(
+            counter.load(Ordering::Relaxed),
+            7,
+            "the metric sees the drops"
+        );
         // The disk comes back: what was accepted is written whole.
         for _ in 0..64 {
             let _ = go.send(());
@@ -294,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("auth.jsonl");
         std::fs::write(&path, "{\"earlier\":true}\n").expect("seed");
-        let log = AuthLog::open(&path).expect("open");
+        let log = AuthLog::open(&path, Arc::new(AtomicU64::new(0))).expect("open");
         for i in 0..100u64 {
             log.write(&sample(i));
         }

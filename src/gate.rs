@@ -138,10 +138,13 @@ enum Verdict {
 }
 
 impl Gate {
+    /// A gate for `config`; `previous` is the generation it replaces on a reload, whose job
+    /// cache it keeps when the forge and the TTLs are unchanged ([`JobResolver::reloaded`]).
     pub fn new(
         config: Arc<Config>,
         client: HttpClient,
         metrics: Arc<Metrics>,
+        previous: Option<&Gate>,
     ) -> std::io::Result<Gate> {
         let auth_log = match &config.auth_log {
             Some(path) => Some(Arc::new(AuthLog::open(
@@ -151,7 +154,10 @@ impl Gate {
             None => None,
         };
         Ok(Gate {
-            jobs: JobResolver::new(client.clone(), config.clone(), metrics.clone()),
+            jobs: match previous {
+                Some(p) => p.jobs.reloaded(client.clone(), config.clone()),
+                None => JobResolver::new(client.clone(), config.clone(), metrics.clone()),
+            },
             resolver: Resolver::new(client.clone(), config.clone()).with_metrics(metrics.clone()),
             config,
             client,

@@ -73,6 +73,29 @@ impl JobResolver {
         }
     }
 
+    /// The resolver for a reloaded configuration: it keeps this one's cache when the new
+    /// configuration would cache the same answers (same forge, same `relative_url_root`, same
+    /// TTLs), so a reload — a ConfigMap edit, an allowlist change — does not send every live
+    /// token back to the forge at once. Job facts do not depend on the allowlists, only on
+    /// which forge answered and how its `web_url` is read.
+    pub fn reloaded(&self, client: HttpClient, config: Arc<Config>) -> JobResolver {
+        let (old, new) = (&self.config, &config);
+        let same = old.upstream.url == new.upstream.url
+            && old.upstream.relative_url_root == new.upstream.relative_url_root
+            && old.cache.ttl == new.cache.ttl
+            && old.cache.negative_ttl == new.cache.negative_ttl;
+        JobResolver {
+            client,
+            config,
+            slots: if same {
+                self.slots.clone()
+            } else {
+                Arc::new(DashMap::new())
+            },
+            metrics: self.metrics.clone(),
+        }
+    }
+
     /// Number of cached entries (ready or pending); for metrics and tests.
     pub fn len(&self) -> usize {
         self.slots.len()

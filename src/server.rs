@@ -212,7 +212,8 @@ impl Running {
             (None, None) => None,
             _ => return Err(ServeError::TlsToggled),
         };
-        let gate = build_gate(Arc::new(config), self.metrics.clone())?;
+        let previous = current(&self.gate);
+        let gate = build_gate(Arc::new(config), self.metrics.clone(), Some(&previous))?;
         self.gate.store(Arc::new(gate));
         if let (Some(certs), Some(key)) = (&self.certs, key) {
             certs.current.store(key);
@@ -230,9 +231,13 @@ impl Running {
     }
 }
 
-fn build_gate(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Gate, ServeError> {
+fn build_gate(
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    previous: Option<&Gate>,
+) -> Result<Gate, ServeError> {
     let client = forge::build_client(&config)?;
-    Gate::new(config, client, metrics).map_err(ServeError::AuthLog)
+    Gate::new(config, client, metrics, previous).map_err(ServeError::AuthLog)
 }
 
 fn current(gate: &SharedGate) -> Arc<Gate> {
@@ -246,6 +251,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let gate: SharedGate = Arc::new(ArcSwap::from_pointee(build_gate(
         config.clone(),
         metrics.clone(),
+        None,
     )?));
     metrics.config_generation.store(1, Ordering::SeqCst);
     let certs = match &config.tls {

@@ -370,3 +370,51 @@ async fn metric(h: &Harness, name: &str) -> u64 {
 fn uris(recs: &[scopegate::demo::forge::Recorded]) -> Vec<String> {
     recs.iter().map(|r| r.uri.clone()).collect()
 }
+
+/// A reload that changes only policy (an allowlist) keeps the job cache: live tokens are not
+/// all sent back to the forge at once. One that changes how answers are cached (a TTL) starts
+/// an empty cache, so the new TTL applies to every entry.
+#[tokio::test]
+async fn a_policy_reload_keeps_the_job_cache_and_a_ttl_change_empties_it() {
+    let h = Harness::start().await;
+    h.assert_forwarded(h.get_job(OWN, TOK_APP).await).await;
+    assert_eq!(h.forge.job_lookup_count(), 1);
+
+    let config = |extra: &str| {
+        let yaml = format!(
+            "listen: 127.0.0.1:0\nupstream:\n  url: {}\n{}{extra}",
+            h.forge.url(),
+            PROJECTS.replacen("projects: [g/app]", "projects: [g/app, g/other]", 1)
+        );
+        scopegate::Config::from_yaml_str(&yaml, std::path::Path::new("reload.yaml"))
+            .unwrap_or_else(|e| panic!("config: {e}"))
+    };
+    h.gw.reload(config("")).expect("policy reload");
+    h.forge.clear();
+    // The new allowlist is in force (g/other may now reach g/secret) …
+    h.assert_forwarded(
+        h.get_job("/api/v4/projects/2/repository/files/x", TOK_OTHER)
+            .await,
+    )
+    .await;
+    assert_eq!(h.forge.job_lookup_count(), 1, "TOK_OTHER was new");
+    h.forge.clear();
+    // … and TOK_APP is still known without asking the forge.
+    h.assert_forwarded(h.get_job(OWN, TOK_APP).await).await;
+    assert_eq!(
+        h.forge.job_lookup_count(),
+        0,
+        "the cache survived the reload"
+    );
+
+    h.gw.reload(config("cache:\n  ttl: 20s\n"))
+        .expect("ttl reload");
+    h.forge.clear();
+    h.assert_forwarded(h.get_job(OWN, TOK_APP).await).await;
+    assert_eq!(
+        h.forge.job_lookup_count(),
+        1,
+        "a new TTL starts an empty cache"
+    );
+    h.stop().await;
+}

@@ -132,6 +132,13 @@ fn digest(path: &Path) -> Option<[u8; 32]> {
 /// write them, and Kubernetes ConfigMap volumes swap a `..data` symlink beside the file, so
 /// the file's own name need not appear in the event. `until_shutdown` reloads only when the
 /// file's content changed.
+/// Whether a change to `p` can change what the config path reads (see [`watch_file`]).
+fn concerns(names: &[std::ffi::OsString], p: &Path) -> bool {
+    p.file_name().is_some_and(|n| {
+        names.iter().any(|want| want == n) || n.as_encoded_bytes().starts_with(b"..")
+    })
+}
+
 fn watch_file(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -148,9 +155,24 @@ fn watch_file(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::Reco
             dirs.push(dir);
         }
     }
+    // Only events that can change what the config path reads wake the reloader: the file's
+    // own name, its symlink target's name, and Kubernetes' `..data` / `..<timestamp>` entries
+    // (a ConfigMap volume swaps those). Anything else in the folder — an access log written
+    // beside the config, say — would otherwise cost a read and a digest per line.
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    for p in [Some(path.to_path_buf()), std::fs::canonicalize(path).ok()]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(name) = p.file_name() {
+            names.push(name.to_os_string());
+        }
+    }
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            if !matches!(event.kind, notify::EventKind::Access(_)) {
+            if !matches!(event.kind, notify::EventKind::Access(_))
+                && (event.paths.is_empty() || event.paths.iter().any(|p| concerns(&names, p)))
+            {
                 let _ = tx.send(());
             }
         }
@@ -167,4 +189,29 @@ fn watch_file(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::Reco
         }
     }
     watching.then_some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::concerns;
+    use std::path::Path;
+
+    #[test]
+    fn only_the_config_its_target_and_configmap_entries_concern_the_reloader() {
+        let names = ["proxy.yaml".into(), "v1.yaml".into()];
+        for (path, want) in [
+            ("/etc/scopegate/proxy.yaml", true),
+            ("/etc/scopegate/versions/v1.yaml", true),
+            ("/etc/scopegate/..data", true),
+            ("/etc/scopegate/..2026_11_25_15_00_00.123", true),
+            ("/etc/scopegate/..data_tmp", true),
+            ("/etc/scopegate/access.log", false),
+            ("/etc/scopegate/auth.jsonl", false),
+            ("/etc/scopegate/.proxy.yaml.swp", false),
+            ("/etc/scopegate/proxy.yaml~", false),
+            ("/", false),
+        ] {
+            assert_eq!(concerns(&names, Path::new(path)), want, "{path}");
+        }
+    }
 }

@@ -21,6 +21,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
+// Parsed once, not per request (`&str` names are parsed and hashed on every call).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Headers that describe one hop, never the request (RFC 9110 §7.6.1), plus `Proxy-*`.
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -36,6 +41,14 @@ const HOP_BY_HOP: [&str; 8] = [
 /// Removes hop-by-hop headers, including those `Connection` names. `Proxy-Authorization` and
 /// every other `proxy-*` header goes too: it is addressed to a proxy, and that proxy is us.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Nearly every request carries none of these: one pass over the names (already lower
+    // case, no hashing), and the removals below only when there is something to remove.
+    if !headers
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(&k.as_str()) || k.as_str().starts_with("proxy-"))
+    {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -71,7 +84,7 @@ pub fn client_ip(config: &Config, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
         return peer;
     }
     let mut chain: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -96,25 +109,25 @@ pub fn set_forwarded(
     let trusted = is_trusted(&config.trusted_proxies, peer.ip());
     let xff = if trusted {
         let prior: Vec<&str> = headers
-            .get_all("x-forwarded-for")
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
         if prior.is_empty() {
-            peer.ip().to_string()
+            ip_value(peer.ip())
         } else {
-            format!("{}, {}", prior.join(", "), peer.ip())
+            HeaderValue::from_str(&format!("{}, {}", prior.join(", "), peer.ip())).ok()
         }
     } else {
-        peer.ip().to_string()
+        ip_value(peer.ip())
     };
-    headers.remove("x-forwarded-for");
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    headers.remove(&X_FORWARDED_FOR);
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    if !(trusted && headers.contains_key("x-forwarded-proto")) {
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         let proto = if tls { "https" } else { "http" };
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if headers.get(header::HOST).is_none() {
         // HTTP/2 carries the host in :authority; the forge expects it in Host.
@@ -124,11 +137,22 @@ pub fn set_forwarded(
             }
         }
     }
-    if !(trusted && headers.contains_key("x-forwarded-host")) {
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         if let Some(host) = headers.get(header::HOST).cloned() {
-            headers.insert("x-forwarded-host", host);
+            headers.insert(X_FORWARDED_HOST, host);
         }
     }
+}
+
+/// An address as a header value, formatted on the stack (one copy, into the value itself).
+fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write as _;
+    // The longest textual IPv6 address (with an embedded IPv4) is 45 bytes.
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{ip}").ok()?;
+    let len = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 /// True for an HTTP/1.1 `Upgrade: websocket` request (Kubernetes agent, web terminals).
@@ -447,5 +471,32 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["job-token"]);
+    }
+
+    #[test]
+    fn each_hop_header_alone_triggers_the_strip() {
+        // The fast path must not skip a request whose only hop header is any one of them.
+        for name in HOP_BY_HOP.iter().copied().chain(["proxy-authorization"]) {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            h.insert("job-token", HeaderValue::from_static("kept"));
+            strip_hop_by_hop(&mut h);
+            let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, vec!["job-token"], "{name}");
+        }
+    }
+
+    #[test]
+    fn addresses_format_as_header_values() {
+        for ip in [
+            "127.0.0.1",
+            "::1",
+            "2001:db8::ffff:192.0.2.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let parsed: IpAddr = ip.parse().expect("ip");
+            let v = ip_value(parsed).expect("value");
+            assert_eq!(v.to_str().expect("ascii"), parsed.to_string());
+        }
     }
 }

@@ -7,8 +7,15 @@ use crate::secret::Secret;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber: `RUST_LOG` if set, else `info`. Idempotent (a second call
-/// is a no-op), so tests and the demo can call it freely.
-pub fn init(format: LogFormat) {
+/// is a no-op and returns `None`), so tests and the demo can call it freely.
+///
+/// Lines are formatted on the thread that logs them and written by a dedicated thread through
+/// a buffer that is flushed whenever its queue runs empty: under load one `write(2)` carries
+/// many lines instead of one per request, and a request never waits on the terminal or pipe
+/// unless the queue (8192 lines) is full — then it waits, as nginx does, rather than losing
+/// access lines. Keep the returned guard alive until exit: dropping it flushes what is queued.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init(format: LogFormat) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // The HTTP/2 and TLS libraries trace decoded frames at debug/trace level, which can
     // include header values (credentials). They stay at info whatever RUST_LOG asks; every
@@ -20,14 +27,23 @@ pub fn init(format: LogFormat) {
     }
     // Colours only on a terminal: piped into journald, docker or a file they would be noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(8192)
+        .thread_name("scopegate-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    let _ = match format {
+        .with_writer(writer);
+    let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    installed.ok().map(|()| guard)
 }
 
 pub const MASK: &str = "[MASKED]";

@@ -93,11 +93,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            scopegate::logging::init(loaded.log_format);
+            // Held to the end of the arm: dropping it flushes the last lines.
+            let _log = scopegate::logging::init(loaded.log_format);
             runtime.block_on(run(config, loaded))
         }
         Command::Demo => {
-            scopegate::logging::init(LogFormat::Text);
+            let _log = scopegate::logging::init(LogFormat::Text);
             match runtime.block_on(scopegate::demo::run_demo()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

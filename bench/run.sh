@@ -9,7 +9,8 @@
 # BENCH_THREADS (2), BENCH_WORKLOADS ("1 2 3 4 5 6 7"), BENCH_TARGETS (all five),
 # BENCH_BIG_MIB (256), BENCH_DL_REPEAT (5), BENCH_PACED_RATE (5000),
 # BENCH_LOADGEN_CPU (0), BENCH_SERVER_CPU (1), BENCH_RESULTS (bench/RESULTS.md; "" = do not
-# write), SCOPEGATE_WORKERS (passed through to scopegate; unset = its default).
+# write), BENCH_SERVE_ONLY (start everything, print the URLs, serve until interrupted), BENCH_RAW (copy the raw JSON lines there), BENCH_PERF (path prefix: `perf record -g`
+# scopegate during its wrk runs), SCOPEGATE_WORKERS (passed through to scopegate).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -219,7 +220,12 @@ for mode in proxy auth auth-cached; do
 done
 
 # --- scopegate ----------------------------------------------------------------------------
-cat >"$TMP/scopegate.yaml" <<CONF
+# The config lives in a directory of its own: scopegate watches the config's directory for
+# reloads, and a log written beside it would wake the watcher on every access-log line
+# (measured: ~20% of scopegate's CPU under workload 1; see RESULTS.md).
+mkdir -p "$TMP/scopegate-config"
+SG_CONFIG=$TMP/scopegate-config/proxy.yaml
+cat >"$SG_CONFIG" <<CONF
 listen: 127.0.0.1:0
 upstream:
   url: http://127.0.0.1:$FORGE_PORT
@@ -238,9 +244,9 @@ projects:
 CONF
 # Start-to-ready and idle RSS on fresh processes (median of 5), before any load.
 log "scopegate: start-to-ready and idle RSS"
-READY_JSON=$(python3 "$HERE/report.py" ready "$SERVER_CPU" "$SCOPEGATE" "$TMP/scopegate.yaml")
+READY_JSON=$(python3 "$HERE/report.py" ready "$SERVER_CPU" "$SCOPEGATE" "$SG_CONFIG")
 : >"$TMP/scopegate.log"
-taskset -c "$SERVER_CPU" "$SCOPEGATE" run --config "$TMP/scopegate.yaml" 2>"$TMP/scopegate.log" &
+taskset -c "$SERVER_CPU" "$SCOPEGATE" run --config "$SG_CONFIG" 2>"$TMP/scopegate.log" &
 PIDS+=($!)
 PID_scopegate=$!
 deadline=$((SECONDS + 20))
@@ -250,6 +256,8 @@ until grep -q 'scopegate listening' "$TMP/scopegate.log"; do
 done
 SG_ADDR=$(grep -m1 'scopegate listening' "$TMP/scopegate.log" | sed -E 's/.*[^_]addr=([0-9.:]+).*/\1/')
 URL[scopegate]=http://$SG_ADDR
+
+pid_of_early() { local v="PID_${1//-/_}"; echo "${!v}"; }
 
 # --- sanity: every target answers what the workloads expect -----------------------------
 expect() { # NAME URL STATUS [curl args…]
@@ -264,6 +272,13 @@ done
 expect scopegate "${URL[scopegate]}$DENIED" 404 -H "JOB-TOKEN: $TOKEN"
 expect scopegate "${URL[scopegate]}$PKG" 200
 expect scopegate "${URL[scopegate]}$PKG" 401 -H "JOB-TOKEN: glcbt-not-a-job"
+
+if [ -n "${BENCH_SERVE_ONLY:-}" ]; then
+    # For profiling by hand: leave every target running until this script is interrupted.
+    for t in $TARGETS; do echo "$t ${URL[$t]} pid $(pid_of_early "$t")"; done
+    echo "paths: $PKG (allowed) $DENIED (denied) $BIG; token $TOKEN"
+    wait
+fi
 
 # --- measurement -----------------------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
@@ -305,9 +320,15 @@ run_wrk() { # ROUND WORKLOAD TARGET PATH EXPECT_STATUS_ERRORS(0|all) [env…]
     mapfile -t procs < <(procs_of "$(pid_of "$target")")
     reset_peak "${procs[@]}"
     c0=$(cpu_ticks "${procs[@]}")
+    local perf_pid=""
+    if [ -n "${BENCH_PERF:-}" ] && [ "$target" = scopegate ]; then
+        perf record -q -g -p "${procs[0]}" -o "$BENCH_PERF-w$wl-r$round.data" 2>/dev/null &
+        perf_pid=$!
+    fi
     out=$(env "$@" taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" \
         -s "$HERE/wrk.lua" "${URL[$target]}$path" | tail -n1)
     c1=$(cpu_ticks "${procs[@]}")
+    if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" && wait "$perf_pid" || true; fi
     printf '{"round":%s,"workload":"%s","target":"%s","cpu_ticks":%s,"clk_tck":%s,"peak_kib":%s,"expect_errors":"%s","wrk":%s}\n' \
         "$round" "$wl" "$target" $((c1 - c0)) "$CLK_TCK" "$(peak_kib "${procs[@]}")" "$expect_errors" "$out" >>"$RAW"
 }

@@ -267,7 +267,8 @@ def main():
         return
     cpu_model = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
     commit = sh("git rev-parse --short HEAD", a.root)
-    dirty = sh("git status --porcelain --untracked-files=no", a.root)
+    # RESULTS.md itself (its kept notes) does not make the measured code dirty.
+    dirty = sh("git status --porcelain --untracked-files=no -- . ':!bench/RESULTS.md'", a.root)
     kept = ""
     if os.path.exists(a.write):
         text = open(a.write).read()

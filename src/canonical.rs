@@ -9,6 +9,8 @@
 //! matches `%XX` in literal route parts (Mustermann's `encoded`), Ruby's `^…$` are line
 //! anchors (`5%0A…`), and a second decode would turn `%252e` into `.`.
 
+use std::borrow::Cow;
+
 use crate::target::Reject;
 
 /// A request path in the three spellings the gateway needs.
@@ -59,7 +61,7 @@ pub fn canonicalize(
 
     // 3. Decode exactly once.
     let decoded = match percent_decode_segment(stripped) {
-        Some(d) => d,
+        Some(d) => d.into_owned(),
         None if job_token => return Err(Reject::NotFound("invalid percent-encoding")),
         None => stripped.to_owned(),
     };
@@ -79,9 +81,10 @@ pub fn canonicalize(
 
 /// Percent-decodes `s` once, strictly: `None` when a `%` is not followed by two hex digits or
 /// the result is not UTF-8. `+` stays `+` (that is form encoding, not path encoding).
-pub fn percent_decode_segment(s: &str) -> Option<String> {
+pub fn percent_decode_segment(s: &str) -> Option<Cow<'_, str>> {
+    // Most paths have nothing to decode: no copy for them.
     if !s.contains('%') {
-        return Some(s.to_owned());
+        return Some(Cow::Borrowed(s));
     }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -98,7 +101,7 @@ pub fn percent_decode_segment(s: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 fn hex_value(b: u8) -> Option<u8> {

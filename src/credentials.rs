@@ -146,15 +146,25 @@ fn normalized_header(name: &str) -> String {
 }
 
 fn header_class(name: &str) -> HeaderClass {
-    match normalized_header(name).as_str() {
-        "job-token" => HeaderClass::Token { dedicated: true },
-        "private-token" | "deploy-token" | "x-nuget-apikey" => {
-            HeaderClass::Token { dedicated: false }
-        }
-        // Rails' `request.authorization` also consults `X-HTTP_AUTHORIZATION`; no client header
-        // reaches that key through Puma, but reading it costs nothing.
-        "authorization" | "x-http-authorization" => HeaderClass::Authorization,
-        _ => HeaderClass::Other,
+    // Compared in place rather than through `normalized_header`: this runs for every header
+    // of every request, and most are `Other`.
+    let is = |spelling: &str| {
+        name.len() == spelling.len()
+            && name
+                .bytes()
+                .zip(spelling.bytes())
+                .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+    };
+    if is("job-token") {
+        HeaderClass::Token { dedicated: true }
+    } else if is("private-token") || is("deploy-token") || is("x-nuget-apikey") {
+        HeaderClass::Token { dedicated: false }
+    } else if is("authorization") || is("x-http-authorization") {
+        // Rails' `request.authorization` also consults `X-HTTP_AUTHORIZATION`; no client
+        // header reaches that key through Puma, but reading it costs nothing.
+        HeaderClass::Authorization
+    } else {
+        HeaderClass::Other
     }
 }
 
@@ -164,8 +174,13 @@ pub fn from_headers(headers: &HeaderMap) -> Vec<Credential> {
     let mut out = Vec::new();
     let mut groups: Vec<(String, Vec<(&str, String)>)> = Vec::new();
     for (name, value) in headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         let class = header_class(name.as_str());
+        // Most headers are neither token slots nor carry the marker: decide that on the bytes,
+        // before any copy (the marker is ASCII, so lossy decoding cannot create or hide it).
+        if class == HeaderClass::Other && !contains_marker_bytes(value.as_bytes()) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         if let Some(c) = header_credential(name.as_str(), class, &value) {
             out.push(c);
         }
@@ -474,7 +489,14 @@ fn derived(s: &str, markers: bool) -> Vec<(String, bool)> {
 }
 
 fn contains_marker(s: &str) -> bool {
-    s.to_ascii_lowercase().contains(JOB_TOKEN_MARKER)
+    contains_marker_bytes(s.as_bytes())
+}
+
+/// [`JOB_TOKEN_MARKER`] anywhere in `b`, in any ASCII case, without a lower-cased copy.
+fn contains_marker_bytes(b: &[u8]) -> bool {
+    let marker = JOB_TOKEN_MARKER.as_bytes();
+    b.windows(marker.len())
+        .any(|w| w.eq_ignore_ascii_case(marker))
 }
 
 /// Every `[A-Za-z0-9_-]*glcbt-[A-Za-z0-9_.-]+` in `s` (the marker in any case): a job token,

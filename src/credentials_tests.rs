@@ -99,6 +99,20 @@ fn blank_token_header_is_no_credential() {
     assert!(from_headers(&headers(&[("job-token", b"")])).is_empty());
 }
 
+/// Headers outside the token slots are skipped on their bytes unless they carry the marker,
+/// in any case, wherever it sits (also beside bytes that are not UTF-8).
+#[test]
+fn marker_in_any_case_beside_invalid_utf8() {
+    let map = headers(&[
+        ("cookie", b"a=\xff\xfe; t=GlCbT-Abc_1"),
+        ("x-job-tokens", b"plain"),
+    ]);
+    let creds = from_headers(&map);
+    assert_eq!(creds.len(), 1);
+    assert_eq!(creds[0].slot, Slot::Header("cookie".into()));
+    assert!(values(&creds[0]).contains(&"GlCbT-Abc_1"));
+}
+
 #[test]
 fn unrelated_headers_are_not_credentials() {
     let map = headers(&[

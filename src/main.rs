@@ -58,10 +58,14 @@ enum AllowlistCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = match workers() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("scopegate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match build_runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("scopegate: cannot start the runtime: {e}");
@@ -137,6 +141,38 @@ fn suggest(auth_log: &std::path::Path, config: Option<&std::path::Path>) -> Exit
         scopegate::suggest::render(&suggestions, config.as_ref())
     );
     ExitCode::SUCCESS
+}
+
+/// How many threads serve requests: `SCOPEGATE_WORKERS` when set, else the CPUs this process
+/// may run on (its affinity mask and cgroup quota, as `available_parallelism` reads them), so
+/// `taskset -c 1 scopegate run` or a one-CPU container gets one.
+fn workers() -> Result<usize, String> {
+    match std::env::var("SCOPEGATE_WORKERS") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!(
+                "SCOPEGATE_WORKERS must be a whole number of threads, at least 1 (got {v:?})"
+            )),
+        },
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+/// One worker: Tokio's current-thread scheduler, which on one core does the same work as a
+/// one-worker multi-thread runtime without its cross-thread wake-ups, work-stealing queues and
+/// atomics (measured in bench/RESULTS.md). More: the multi-thread scheduler with that many
+/// workers. Blocking work (file reads on reload) has its own pool either way.
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
 }
 
 async fn run(path: PathBuf, config: Config) -> ExitCode {

@@ -10,6 +10,8 @@
 //! superset of the forge's case-sensitive routes), and trailing slashes are ignored (both
 //! `Journey::Router::Utils.normalize_path` and Grape's router strip them).
 
+use std::borrow::Cow;
+
 use http::Method;
 
 use crate::canonical::{percent_decode_segment, CanonicalPath};
@@ -201,6 +203,16 @@ pub fn project_ref(s: &str) -> Option<Ref> {
 /// wiki of [`Target::project`]; the gateway must then deny (or scope against this one).
 /// `None` for every other path.
 pub fn repository_shadow(path: &CanonicalPath) -> Option<Ref> {
+    // Only a segment ending `.wiki.git` or `.design.git` can shadow, and when the whole path
+    // decoded, each decoded segment appears as it is in `lower`: every other request (nearly
+    // all) skips the split. (Without a job token an undecodable path keeps its raw spelling
+    // in `lower` while single segments may still decode, so that case takes the long way.)
+    let whole_path_decoded = !path.raw.contains('%') || path.decoded != path.raw;
+    if whole_path_decoded
+        && !(path.lower.contains(".wiki.git") || path.lower.contains(".design.git"))
+    {
+        return None;
+    }
     let segments = Segments::new(path, false).ok()?;
     let lower = segments.lower_strs();
     let repo = git_repository(&lower)?;
@@ -277,16 +289,25 @@ pub fn shape_of_path(path: &str) -> Shape {
 struct Segments<'p> {
     /// Raw segments after the leading `/`, trailing empty ones dropped.
     raw: Vec<&'p str>,
-    /// The same segments, decoded once and ASCII-lowercased.
-    lower: Vec<String>,
+    /// The same segments, decoded once and ASCII-lowercased. Borrowed from
+    /// [`CanonicalPath::lower`] when the path has no `%` (then decoding each segment is the
+    /// identity and the whole-path lower-casing already did the rest): the common case copies
+    /// nothing.
+    lower: Vec<Cow<'p, str>>,
 }
 
 impl<'p> Segments<'p> {
     fn new(path: &'p CanonicalPath, job_token: bool) -> Result<Self, &'static str> {
-        let body = path.raw.strip_prefix('/').unwrap_or(&path.raw);
-        let mut raw: Vec<&str> = body.split('/').collect();
-        while raw.last() == Some(&"") {
-            raw.pop();
+        let raw = split_segments(&path.raw);
+        if !path.raw.contains('%') {
+            let lower = split_segments(&path.lower);
+            // Same bytes up to ASCII case, so the same `/` positions; checked, not assumed.
+            if lower.len() == raw.len() {
+                return Ok(Segments {
+                    raw,
+                    lower: lower.into_iter().map(Cow::Borrowed).collect(),
+                });
+            }
         }
         let mut lower = Vec::with_capacity(raw.len());
         for segment in &raw {
@@ -294,15 +315,45 @@ impl<'p> Segments<'p> {
                 Some(d) => d,
                 // Only reachable without a job token: canonicalize refused it otherwise.
                 None if job_token => return Err("invalid percent-encoding"),
-                None => (*segment).to_owned(),
+                None => Cow::Borrowed(*segment),
             };
-            lower.push(decoded.to_ascii_lowercase());
+            lower.push(lowercase(decoded));
         }
         Ok(Segments { raw, lower })
     }
 
     fn lower_strs(&self) -> Vec<&str> {
-        self.lower.iter().map(String::as_str).collect()
+        self.lower.iter().map(|s| s.as_ref()).collect()
+    }
+}
+
+/// A path's segments after the leading `/`, trailing empty ones dropped.
+fn split_segments(path: &str) -> Vec<&str> {
+    let body = path.strip_prefix('/').unwrap_or(path);
+    let body = body.trim_end_matches('/');
+    if body.is_empty() {
+        return Vec::new();
+    }
+    // One pass over bytes into an exactly sized vector: this runs for every request, and
+    // `str::split` + `collect` cost several reallocations and a searcher per segment.
+    let mut segments = Vec::with_capacity(body.bytes().filter(|&b| b == b'/').count() + 1);
+    let mut start = 0;
+    for (i, b) in body.bytes().enumerate() {
+        if b == b'/' {
+            segments.push(&body[start..i]);
+            start = i + 1;
+        }
+    }
+    segments.push(&body[start..]);
+    segments
+}
+
+/// ASCII-lowercased, copying only when something changes.
+fn lowercase(s: Cow<'_, str>) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        s
     }
 }
 

@@ -965,3 +965,65 @@ fn shapes_for_refusals() {
         assert_eq!(shape_of_path(raw), shape, "{raw}");
     }
 }
+
+#[test]
+fn split_segments_drops_the_leading_slash_and_trailing_empty_segments() {
+    let none: Vec<&str> = Vec::new();
+    assert_eq!(split_segments("/"), none);
+    assert_eq!(split_segments("//"), none);
+    assert_eq!(split_segments(""), none);
+    assert_eq!(split_segments("/a//b/"), ["a", "", "b"]);
+    assert_eq!(split_segments("/a/b//"), ["a", "b"]);
+    assert_eq!(split_segments("a/b"), ["a", "b"]);
+}
+
+/// The no-`%` fast path (segments borrowed from the lower-cased path) reads exactly what
+/// decoding and lower-casing each segment on its own reads.
+#[test]
+fn segments_fast_path_matches_per_segment_decoding() {
+    for raw in [
+        "/",
+        "/API/V4/Projects/1/",
+        "/a//B",
+        "/G/P.git/info/refs",
+        "/api/v4/projects/1/packages/generic/pkg/1.0/small.bin",
+        "/api/v4/projects/G%2FP/issues",
+        "/x%zz/Y",
+    ] {
+        let path = match canonicalize(raw, "", false) {
+            Ok(p) => p,
+            Err(e) => panic!("{raw}: {e}"),
+        };
+        let segments = match Segments::new(&path, false) {
+            Ok(s) => s,
+            Err(e) => panic!("{raw}: {e}"),
+        };
+        let slow: Vec<String> = split_segments(&path.raw)
+            .iter()
+            .map(|s| {
+                percent_decode_segment(s)
+                    .map_or_else(|| (*s).to_owned(), |d| d.into_owned())
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        assert_eq!(segments.lower_strs(), slow, "{raw}");
+        assert_eq!(segments.raw, split_segments(&path.raw), "{raw}");
+    }
+}
+
+/// `repository_shadow` skips paths without `.wiki.git`/`.design.git` by looking at the whole
+/// decoded path; a path that did not decode whole (no job token) must still be read segment
+/// by segment.
+#[test]
+fn shadow_of_a_path_that_did_not_decode_whole() {
+    let path = match canonicalize("/g/p%2Ewiki.git/x%zz", "", false) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(repository_shadow(&path), Some(Ref::Path("g/p.wiki".into())));
+    let plain = match canonicalize("/g/p/-/issues", "", true) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(repository_shadow(&plain), None);
+}

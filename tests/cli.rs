@@ -830,3 +830,53 @@ fn help_lists_the_subcommands() {
         assert!(text.contains(sub), "{text}");
     }
 }
+
+/// `SCOPEGATE_WORKERS` sizes the runtime (1: Tokio's current-thread scheduler); a value that
+/// is not a whole number of at least one is refused before anything starts (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopegate_workers_sizes_the_runtime_and_a_bad_value_is_exit_2() {
+    for bad in ["0", "two", "-1", ""] {
+        let mut proc = Proc::spawn(
+            Command::new(BIN)
+                .args(["check", "--config", "proxy.yaml"])
+                .env("SCOPEGATE_WORKERS", bad),
+        );
+        let status = proc.wait_exit(PATIENCE);
+        let stderr = proc.stderr.text();
+        assert_eq!(status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains("SCOPEGATE_WORKERS"), "{bad:?}: {stderr}");
+    }
+    for workers in ["1", "3"] {
+        let forge = FakeForge::start(world()).await.expect("forge starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(dir.path(), "proxy", &gateway_yaml(&forge, PROJECTS));
+        let mut proc = Proc::spawn(
+            Command::new(BIN)
+                .arg("run")
+                .arg("--config")
+                .arg(&path)
+                .env("SCOPEGATE_WORKERS", workers),
+        );
+        let addr = proc.wait_listening();
+        let client = http();
+        let url = format!("http://{addr}{API_FILE}");
+        assert_eq!(
+            get_with_job_token(&client, &url, TOK_APP).await,
+            200,
+            "{workers}"
+        );
+        assert_eq!(
+            get_with_job_token(&client, &url, TOK_OTHER).await,
+            404,
+            "{workers}"
+        );
+        assert_eq!(
+            forge.requests().len(),
+            1,
+            "only the allowed request reached the forge"
+        );
+        proc.signal("INT");
+        assert_eq!(proc.wait_exit(PATIENCE).code(), Some(0), "{workers}");
+        forge.stop().await;
+    }
+}

@@ -190,7 +190,11 @@ impl Gate {
         );
         // The record is the log phase: it writes its lines when the response body ends, or
         // here if this future is dropped first.
-        let mut record = Record::begin(ctx, self.auth_log.clone());
+        let mut record = Record::begin(
+            ctx,
+            self.auth_log.clone(),
+            self.config.log_format == crate::config::LogFormat::Json,
+        );
         let req = req.map(|b| access::count_request(b, record.request_bytes.clone()));
         let ctx = &mut record.ctx;
         let resp = match self.process(req, peer, tls, ctx).await {

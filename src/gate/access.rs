@@ -124,11 +124,14 @@ pub(super) struct Record {
     pub request_bytes: Arc<AtomicU64>,
     response_bytes: u64,
     auth_log: Option<Arc<AuthLog>>,
+    /// `log.format: json`: the access line as structured fields; otherwise one preformatted
+    /// message (see [`TextLine`]).
+    json: bool,
     done: bool,
 }
 
 impl Record {
-    pub fn begin(ctx: Ctx, auth_log: Option<Arc<AuthLog>>) -> Record {
+    pub fn begin(ctx: Ctx, auth_log: Option<Arc<AuthLog>>, json: bool) -> Record {
         Record {
             ctx,
             started: Instant::now(),
@@ -136,6 +139,7 @@ impl Record {
             request_bytes: Arc::new(AtomicU64::new(0)),
             response_bytes: 0,
             auth_log,
+            json,
             done: false,
         }
     }
@@ -175,25 +179,48 @@ impl Record {
                 .unwrap_or("-");
             let job = ctx.source.as_ref().map(|j| j.job_id).unwrap_or(0);
             let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-            tracing::info!(
-                target: "scopegate::access",
-                request_id = %ctx.request_id,
-                client = %ctx.peer,
-                method = %ctx.method,
-                path = %path,
-                class = ctx.class.as_str(),
-                source,
-                job,
-                target,
-                decision = ctx.decision,
-                reason = ctx.reason,
-                status,
-                bytes_received = self.request_bytes.load(Ordering::Relaxed),
-                bytes_sent = self.response_bytes,
-                duration_ms,
-                complete,
-                "request"
-            );
+            let bytes_received = self.request_bytes.load(Ordering::Relaxed);
+            if self.json {
+                tracing::info!(
+                    target: "scopegate::access",
+                    request_id = %ctx.request_id,
+                    client = %ctx.peer,
+                    method = %ctx.method,
+                    path = %path,
+                    class = ctx.class.as_str(),
+                    source,
+                    job,
+                    target,
+                    decision = ctx.decision,
+                    reason = ctx.reason,
+                    status,
+                    bytes_received,
+                    bytes_sent = self.response_bytes,
+                    duration_ms,
+                    complete,
+                    "request"
+                );
+            } else {
+                // The same text the structured event above renders in the text format, written
+                // in one pass: through the subscriber's per-field visitor it was a fifth of an
+                // allowed request's instructions (bench/RESULTS.md).
+                tracing::info!(
+                    target: "scopegate::access",
+                    "{}",
+                    TextLine {
+                        ctx,
+                        path: &path,
+                        source,
+                        job,
+                        target,
+                        status,
+                        bytes_received,
+                        bytes_sent: self.response_bytes,
+                        duration_ms,
+                        complete,
+                    }
+                );
+            }
         }
         if let (Some(log), Some(job)) = (&self.auth_log, &ctx.source) {
             log.write(&AuthLine {
@@ -222,6 +249,48 @@ impl Record {
                     .collect(),
             });
         }
+    }
+}
+
+/// The access line's fields as `tracing_subscriber`'s text format renders them (`%` fields
+/// bare, strings quoted and escaped as `Debug` does, numbers bare), after the word `request`.
+struct TextLine<'a> {
+    ctx: &'a Ctx,
+    path: &'a str,
+    source: &'a str,
+    job: u64,
+    target: &'a str,
+    status: u16,
+    bytes_received: u64,
+    bytes_sent: u64,
+    duration_ms: f64,
+    complete: bool,
+}
+
+impl fmt::Display for TextLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ctx = self.ctx;
+        write!(
+            f,
+            "request request_id={} client={} method={} path={} class={:?} source={:?} job={} \
+             target={:?} decision={:?} reason={:?} status={} bytes_received={} bytes_sent={} \
+             duration_ms={} complete={}",
+            ctx.request_id,
+            ctx.peer,
+            ctx.method,
+            self.path,
+            ctx.class.as_str(),
+            self.source,
+            self.job,
+            self.target,
+            ctx.decision,
+            ctx.reason,
+            self.status,
+            self.bytes_received,
+            self.bytes_sent,
+            self.duration_ms,
+            self.complete,
+        )
     }
 }
 
@@ -298,5 +367,96 @@ mod tests {
         // One process, one prefix.
         assert_eq!(sa[..8], sb[..8]);
         assert_eq!(a.header_value().to_str().ok(), Some(sa.as_str()));
+    }
+
+    /// What the subscriber wrote, for comparing renderings.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The one-pass text line is, byte for byte, what the structured event renders as in the
+    /// text format, including strings that need escaping.
+    #[test]
+    fn the_text_line_matches_the_structured_rendering() {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        let mut ctx = Ctx::for_request(
+            RequestId::next(),
+            "[::1]:5555".parse().expect("addr"),
+            http::Method::PATCH,
+            "/api/v4/projects/2?job_token=x".to_owned(),
+        );
+        ctx.class = crate::target::Class::Api;
+        ctx.decision = "deny";
+        ctx.reason = "not_in_inbound_allowlist";
+        let (path, source, target) = (
+            "/api/v4/projects/2?job_token=[MASKED]",
+            "g/\u{fc}n\"quoted\"\\x\u{7}",
+            "g/t\tab",
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(
+                target: "scopegate::access",
+                request_id = %ctx.request_id,
+                client = %ctx.peer,
+                method = %ctx.method,
+                path = %path,
+                class = ctx.class.as_str(),
+                source,
+                job = 42u64,
+                target,
+                decision = ctx.decision,
+                reason = ctx.reason,
+                status = 404u16,
+                bytes_received = 7u64,
+                bytes_sent = 31u64,
+                duration_ms = 1.25f64,
+                complete = true,
+                "request"
+            );
+            tracing::info!(
+                target: "scopegate::access",
+                "{}",
+                TextLine {
+                    ctx: &ctx,
+                    path,
+                    source,
+                    job: 42,
+                    target,
+                    status: 404,
+                    bytes_received: 7,
+                    bytes_sent: 31,
+                    duration_ms: 1.25,
+                    complete: true,
+                }
+            );
+        });
+        let text = String::from_utf8(captured.0.lock().map(|v| v.clone()).unwrap_or_default())
+            .expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0], lines[1]);
+        // Escaped as Debug escapes: the forge controls project paths.
+        assert!(
+            lines[0].contains(r#"source="g/ün\"quoted\"\\x\u{7}" job=42 target="g/t\tab""#),
+            "{}",
+            lines[0]
+        );
     }
 }

@@ -204,22 +204,21 @@ impl Record {
                 // The same text the structured event above renders in the text format, written
                 // in one pass: through the subscriber's per-field visitor it was a fifth of an
                 // allowed request's instructions (bench/RESULTS.md).
-                tracing::info!(
-                    target: "scopegate::access",
-                    "{}",
-                    TextLine {
-                        ctx,
-                        path: &path,
-                        source,
-                        job,
-                        target,
-                        status,
-                        bytes_received,
-                        bytes_sent: self.response_bytes,
-                        duration_ms,
-                        complete,
-                    }
-                );
+                let line = TextLine {
+                    ctx,
+                    path: &path,
+                    source,
+                    job,
+                    target,
+                    status,
+                    bytes_received,
+                    bytes_sent: self.response_bytes,
+                    duration_ms,
+                    complete,
+                };
+                if !logging::write_access_line(format_args!("{line}")) {
+                    tracing::info!(target: "scopegate::access", "{line}");
+                }
             }
         }
         if let (Some(log), Some(job)) = (&self.auth_log, &ctx.source) {

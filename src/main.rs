@@ -56,6 +56,13 @@ enum AllowlistCommand {
     },
 }
 
+// mimalloc rather than glibc's malloc: a request's short-lived allocations (header maps,
+// paths, log lines) were ~15% of its instructions in malloc/free; callgrind 110.6k -> 101.7k
+// instructions per allowed request. Built without transparent huge pages (`no_thp`): with
+// them its arenas took idle RSS from 8 to 17 MiB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let workers = match workers() {

@@ -537,9 +537,21 @@ async fn serve_request(
     tls: bool,
 ) -> http::Response<UpBody> {
     if let Some(refusal) = head_limits(&req, &gate.config.limits) {
-        // Nothing of the request is logged: an over-long URL may well carry a token.
-        tracing::info!(%peer, status = refusal.status().as_u16(), "request head over the limits");
-        return refusal.into_response();
+        // Like every answer scopegate gives itself, it carries a request id its log line
+        // names. Nothing of the request is logged: an over-long URL may well carry a token.
+        let id = crate::gate::access::RequestId::next();
+        tracing::info!(
+            request_id = %id,
+            %peer,
+            status = refusal.status().as_u16(),
+            "request head over the limits"
+        );
+        let mut resp = refusal.into_response();
+        resp.headers_mut().insert(
+            http::header::HeaderName::from_static(crate::gate::access::REQUEST_ID_HEADER),
+            id.header_value(),
+        );
+        return resp;
     }
     gate.handle(req, peer, tls).await
 }

@@ -167,26 +167,37 @@ pub fn mask_target(path_and_query: &str, candidates: &[&Secret]) -> String {
 /// percent-encoded: raw, wholly encoded, or any mix (`%4A` or `%4a` for `J`), since any of
 /// these spellings reads back as the token.
 pub fn mask_values(text: &str, candidates: &[&Secret]) -> String {
-    let mut out = text.to_owned();
+    // Borrowed until a candidate is actually found: on nearly every request the token is in a
+    // header, not in the logged path, and nothing needs copying per candidate.
+    let mut out = std::borrow::Cow::Borrowed(text);
     for c in candidates {
         let raw = c.expose();
         if raw.len() < 4 {
             // Masking a two-letter "token" would shred the line and protect nothing.
             continue;
         }
-        out = mask_spellings(&out, raw.as_bytes());
+        if let Some(masked) = mask_spellings(&out, raw.as_bytes()) {
+            out = std::borrow::Cow::Owned(masked);
+        }
     }
-    out
+    out.into_owned()
 }
 
-fn mask_spellings(text: &str, needle: &[u8]) -> String {
+/// `text` with every spelling of `needle` masked; `None` when there is none.
+fn mask_spellings(text: &str, needle: &[u8]) -> Option<String> {
     let t = text.as_bytes();
+    // Without a `%` the only spelling is the needle itself.
+    if !t.contains(&b'%') && memchr::memmem::find(t, needle).is_none() {
+        return None;
+    }
     let mut out: Vec<u8> = Vec::with_capacity(t.len());
+    let mut found = false;
     let mut i = 0;
     while i < t.len() {
         match spelled_at(t, i, needle) {
             Some(end) => {
                 out.extend_from_slice(MASK.as_bytes());
+                found = true;
                 i = end;
             }
             None => {
@@ -197,7 +208,7 @@ fn mask_spellings(text: &str, needle: &[u8]) -> String {
     }
     // Matches start and end on character boundaries (a needle is whole UTF-8 characters, and
     // an escape is ASCII), so this is lossless.
-    String::from_utf8_lossy(&out).into_owned()
+    found.then(|| String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The end of `needle` spelled at `t[i..]` with any of its bytes as `%XX`, if it is there.
@@ -263,5 +274,20 @@ mod tests {
         // Non-ASCII text around a masked value survives.
         let t = Secret::new("tok-é-1234");
         assert_eq!(mask_values("ä tok-%C3%A9-1234 ü", &[&t]), "ä [MASKED] ü");
+    }
+
+    #[test]
+    fn text_without_a_spelling_is_unchanged_and_each_spelling_is_masked() {
+        let s = Secret::new("LegacyToken123");
+        for (text, want) in [
+            ("/api/v4/projects/1/issues", "/api/v4/projects/1/issues"),
+            ("/a%2Fb/c%20d", "/a%2Fb/c%20d"),
+            ("/x/LegacyToken12", "/x/LegacyToken12"),
+            ("/x/LegacyToken123/y", "/x/[MASKED]/y"),
+            ("/x/%4cegacyToken123", "/x/[MASKED]"),
+            ("/LegacyToken123/LegacyToken%31%323", "/[MASKED]/[MASKED]"),
+        ] {
+            assert_eq!(mask_values(text, &[&s]), want, "{text}");
+        }
     }
 }

@@ -27,48 +27,69 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that describe one hop, never the request (RFC 9110 §7.6.1), plus `Proxy-*`.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-connection",
-    "proxy-authenticate",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// Removes hop-by-hop headers, including those `Connection` names. `Proxy-Authorization` and
 /// every other `proxy-*` header goes too: it is addressed to a proxy, and that proxy is us.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Nearly every request carries none of these: one pass over the names (already lower
-    // case, no hashing), and the removals below only when there is something to remove.
-    if !headers
-        .keys()
-        .any(|k| HOP_BY_HOP.contains(&k.as_str()) || k.as_str().starts_with("proxy-"))
-    {
+    // One pass over the names (already lower case, no hashing) notes which are present; the
+    // removals below touch only those. Most requests carry none; most forge answers carry
+    // just `Connection: keep-alive`, which costs one removal.
+    let mut present = 0u8;
+    let mut proxy = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name.as_str().starts_with("proxy-") {
+            proxy = true;
+        }
+    }
+    if present == 0 && !proxy {
         return;
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    if present & 1 != 0 {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // `keep-alive`, `close`, `upgrade`: the fixed list below covers them.
+            .filter(|name| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(name))
+                    && !name.eq_ignore_ascii_case("close")
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy {
-        headers.remove(name);
+    if proxy {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
     }
 }
 
@@ -277,10 +298,17 @@ pub async fn forward(
 
 /// A body that fails when no frame arrives for `idle`; the timer resets on every frame, so a
 /// long transfer that keeps moving is never cut.
+///
+/// The timer is armed only when the body has to wait: a small answer whose frames are all
+/// ready when first polled (most API answers, every empty request body) never touches the
+/// timer wheel. The idle period runs while the body waits for its source, not while its
+/// consumer (a slow client) has not asked for more.
 pub struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A frame arrived since the timer was last set: the next wait starts a new period.
+    moved: bool,
 }
 
 impl<B> IdleTimeout<B> {
@@ -288,7 +316,8 @@ impl<B> IdleTimeout<B> {
         IdleTimeout {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
+            moved: false,
         }
     }
 }
@@ -312,16 +341,25 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let idle = this.idle;
-                this.timer.as_mut().reset(Instant::now() + idle);
-                Poll::Ready(frame)
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.moved = true;
+            return Poll::Ready(frame);
+        }
+        let timer = match &mut this.timer {
+            Some(timer) => {
+                if std::mem::take(&mut this.moved) {
+                    timer.as_mut().reset(Instant::now() + this.idle);
+                }
+                timer
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleElapsed)))),
-                Poll::Pending => Poll::Pending,
-            },
+            None => {
+                this.moved = false;
+                this.timer.insert(Box::pin(tokio::time::sleep(this.idle)))
+            }
+        };
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleElapsed)))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -454,6 +492,65 @@ impl Future for NextFrame<'_> {
 mod tests {
     use super::*;
 
+    /// A body fed by a channel: a frame per message, the end when the sender is dropped.
+    fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, UpBody) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+                .map(|m| m.map(|b| Ok::<_, BodyError>(Frame::data(b))))
+        });
+        (tx, http_body_util::StreamBody::new(stream).boxed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_cuts_a_stalled_body_and_spares_a_moving_one() {
+        let idle = Duration::from_secs(10);
+        // Frames every 6 s for a minute: never idle for 10 s, never cut.
+        let (tx, body) = channel_body();
+        let mut timed = IdleTimeout::new(body, idle);
+        let feeder = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                if tx.send(Bytes::from_static(b"x")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut got = 0;
+        while let Some(frame) = timed.frame().await {
+            assert!(frame.is_ok(), "a moving body was cut");
+            got += 1;
+        }
+        assert_eq!(got, 10);
+        feeder.await.expect("feeder");
+
+        // One frame, then silence: cut one idle period after the wait began.
+        let (tx, body) = channel_body();
+        let mut timed = IdleTimeout::new(body, idle);
+        tx.send(Bytes::from_static(b"first")).await.expect("send");
+        assert!(matches!(timed.frame().await, Some(Ok(_))));
+        let waiting = Instant::now();
+        let cut = timed.frame().await;
+        assert!(
+            matches!(cut, Some(Err(ref e)) if e.is::<IdleElapsed>()),
+            "{cut:?}"
+        );
+        assert_eq!(waiting.elapsed(), idle);
+        drop(tx);
+
+        // A consumer that takes longer than the idle period between reads, while frames are
+        // ready, is not the source going idle.
+        let (tx, body) = channel_body();
+        let mut timed = IdleTimeout::new(body, idle);
+        for _ in 0..3 {
+            tx.send(Bytes::from_static(b"y")).await.expect("send");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            assert!(matches!(timed.frame().await, Some(Ok(_))));
+        }
+        drop(tx);
+        assert!(timed.frame().await.is_none());
+    }
+
     #[test]
     fn strips_hop_by_hop_and_what_connection_lists() {
         let mut h = HeaderMap::new();
@@ -474,11 +571,43 @@ mod tests {
     }
 
     #[test]
+    fn connection_listing_is_case_insensitive_and_keeps_end_to_end_headers() {
+        // The forge's usual answer: only `Connection: keep-alive` to drop.
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive"));
+        h.insert("content-length", HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["content-length"]);
+        // Names listed in any case, several `Connection` lines, `close`, and junk.
+        let mut h = HeaderMap::new();
+        h.append(
+            "connection",
+            HeaderValue::from_static("Keep-Alive, X-Hop-A"),
+        );
+        h.append(
+            "connection",
+            HeaderValue::from_static("close,x-hop-b , ,bad name"),
+        );
+        h.insert("x-hop-a", HeaderValue::from_static("1"));
+        h.insert("x-hop-b", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-end-to-end", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-end-to-end"]);
+    }
+
+    #[test]
     fn each_hop_header_alone_triggers_the_strip() {
         // The fast path must not skip a request whose only hop header is any one of them.
-        for name in HOP_BY_HOP.iter().copied().chain(["proxy-authorization"]) {
+        let names = HOP_BY_HOP.iter().map(HeaderName::as_str);
+        for name in names.chain(["proxy-authorization", "proxy-other"]) {
             let mut h = HeaderMap::new();
-            h.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static("x"),
+            );
             h.insert("job-token", HeaderValue::from_static("kept"));
             strip_hop_by_hop(&mut h);
             let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();

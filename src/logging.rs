@@ -60,28 +60,94 @@ static ACCESS: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> 
 /// scopegate::access: <message>`) straight to the log writer, and returns `true`; `false` when
 /// there is no such writer (JSON, a terminal, or no subscriber from [`init`]), and the caller
 /// emits a `tracing` event instead. The caller has checked that the target is enabled.
+/// `message` appends the line's text to the buffer it is given.
 ///
 /// Why: the subscriber runs every message through an escaping writer a character at a time;
 /// for the one line every request writes that was a fifth of an allowed request's
 /// instructions. The access line needs no escaping: its path is visible ASCII (hyper refuses
 /// the rest), and the strings that come from the forge are `Debug`-quoted.
-pub fn write_access_line(message: std::fmt::Arguments<'_>) -> bool {
-    use std::fmt::Write as _;
+pub fn write_access_line(message: impl FnOnce(&mut String)) -> bool {
     let Some(writer) = ACCESS.get() else {
         return false;
     };
     let mut line = String::with_capacity(512);
-    let written = write!(
-        line,
-        "{}  INFO scopegate::access: {message}",
-        humantime::format_rfc3339_micros(std::time::SystemTime::now())
-    );
-    if written.is_err() {
-        return false;
-    }
+    push_rfc3339_micros(&mut line, std::time::SystemTime::now());
+    line.push_str("  INFO scopegate::access: ");
+    message(&mut line);
     line.push('\n');
     let _ = std::io::Write::write_all(&mut writer.clone(), line.as_bytes());
     true
+}
+
+/// Appends `t` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds: what
+/// `humantime::format_rfc3339_micros` writes), with integer arithmetic instead of the
+/// formatting machinery: it stamps every access line. Times before 1970 are written as the
+/// epoch (a clock set that far back is not a time worth reporting precisely).
+pub fn push_rfc3339_micros(out: &mut String, t: std::time::SystemTime) {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let of_day = secs % 86_400;
+    push_padded(out, year, 4);
+    out.push('-');
+    push_padded(out, month, 2);
+    out.push('-');
+    push_padded(out, day, 2);
+    out.push('T');
+    push_padded(out, of_day / 3600, 2);
+    out.push(':');
+    push_padded(out, of_day / 60 % 60, 2);
+    out.push(':');
+    push_padded(out, of_day % 60, 2);
+    out.push('.');
+    push_padded(out, u64::from(since.subsec_micros()), 6);
+    out.push('Z');
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar (Howard
+/// Hinnant's `civil_from_days`, for non-negative day counts).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `value` in decimal, zero-padded to at least `width` digits.
+fn push_padded(out: &mut String, value: u64, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(value);
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(digits);
+}
+
+/// Appends `s` as `{:?}` renders it (quoted, escaped), without the formatting machinery when
+/// there is nothing to escape: printable ASCII other than `"` and `\\`, the usual case for the
+/// project paths and names in an access line.
+pub fn push_debug_str(out: &mut String, s: &str) {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{s:?}");
+    }
+}
+
+/// Appends an integer in decimal.
+pub fn push_u64(out: &mut String, value: u64) {
+    out.push_str(itoa::Buffer::new().format(value));
 }
 
 pub const MASK: &str = "[MASKED]";
@@ -235,6 +301,84 @@ fn spelled_at(t: &[u8], mut i: usize, needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn stamp(t: SystemTime) -> String {
+        let mut s = String::new();
+        push_rfc3339_micros(&mut s, t);
+        s
+    }
+
+    #[test]
+    fn access_timestamps_match_humantime_across_calendars() {
+        let edges = [
+            0u64,
+            59,
+            86_399,
+            86_400,
+            951_782_400,     // 2000-02-29 (a century leap year)
+            951_868_799,     // 2000-02-29T23:59:59
+            978_307_199,     // 2000-12-31T23:59:59
+            1_709_164_800,   // 2024-02-29
+            4_107_542_400,   // 2100-03-01 (2100 is not a leap year)
+            4_102_444_799,   // 2099-12-31T23:59:59
+            253_402_300_799, // 9999-12-31T23:59:59
+        ];
+        for secs in edges {
+            for micros in [0u32, 1, 999_999, 123_456] {
+                let t = UNIX_EPOCH + Duration::new(secs, micros * 1000);
+                assert_eq!(
+                    stamp(t),
+                    humantime::format_rfc3339_micros(t).to_string(),
+                    "{secs}.{micros}"
+                );
+            }
+        }
+        // A deterministic spread over 1970..2300, one second resolution, odd microseconds.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let t = UNIX_EPOCH + Duration::new(x % 10_413_792_000, (x % 1_000_000) as u32 * 1000);
+            assert_eq!(stamp(t), humantime::format_rfc3339_micros(t).to_string());
+        }
+        // Nanoseconds below a microsecond are dropped, as humantime drops them.
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 999_999_999);
+        assert_eq!(stamp(t), humantime::format_rfc3339_micros(t).to_string());
+        // Before the epoch: the epoch, not a panic.
+        assert_eq!(
+            stamp(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn debug_quoting_matches_the_formatter() {
+        for s in [
+            "",
+            "g/app",
+            "g/a b",
+            "quote\"d",
+            "back\\slash",
+            "tab\tnew\nline\r",
+            "bell\u{7}del\u{7f}",
+            "ünïcode/päth",
+            "zero\u{200b}width",
+            "it's",
+            "~!@#$%^&*()_+`-=[]{}|;:,./<>?",
+        ] {
+            let mut out = String::new();
+            push_debug_str(&mut out, s);
+            assert_eq!(out, format!("{s:?}"), "{s:?}");
+        }
+        let mut out = String::new();
+        for v in [0u64, 7, 10, 999, 1_000_000, u64::MAX] {
+            out.clear();
+            push_u64(&mut out, v);
+            assert_eq!(out, v.to_string());
+        }
+    }
 
     #[test]
     fn masks_sensitive_params_and_candidates() {

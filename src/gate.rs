@@ -71,9 +71,11 @@ struct Ctx {
 struct Head {
     method: http::Method,
     headers: http::HeaderMap,
-    raw_path: String,
-    query: Option<String>,
+    /// The path read leniently (without a job token: anything undecodable kept as received).
     path: CanonicalPath,
+    /// `Ok`: `path` is also the strict reading (with a job token); `Err`: why the strict
+    /// reading refuses it.
+    strict_path: Result<(), Reject>,
     query_params: Vec<Param>,
     kind: BodyKind,
     peer: SocketAddr,
@@ -231,18 +233,23 @@ impl Gate {
         let upgrade = forward::is_websocket_upgrade(req.headers(), req.version())
             .then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let raw_path = parts.uri.path().to_owned();
-        let query = parts.uri.query().map(str::to_owned);
+        let raw_path = parts.uri.path();
+        let query = parts.uri.query();
         let root = config.upstream.relative_url_root.as_str();
 
-        // Phase: extract.
-        let head_path =
-            canonical::canonicalize(&raw_path, root, false).map_err(|r| refuse(ctx, r))?;
+        // Phase: extract. The strict reading (SPEC §3 with a job token) first: when it
+        // succeeds it is also the lenient one, and the decision reuses it rather than
+        // canonicalizing again once a job token turns up.
+        let (head_path, strict_path) = match canonical::canonicalize(raw_path, root, true) {
+            Ok(path) => (path, Ok(())),
+            Err(strict) => (
+                canonical::canonicalize(raw_path, root, false).map_err(|r| refuse(ctx, r))?,
+                Err(strict),
+            ),
+        };
         // SPEC §3 covers the whole request-target: the query too must be visible ASCII, and
         // an absolute-form target must not carry userinfo.
-        let bad_query = query
-            .as_deref()
-            .is_some_and(|q| q.bytes().any(|b| !(0x21..=0x7e).contains(&b)));
+        let bad_query = query.is_some_and(|q| q.bytes().any(|b| !(0x21..=0x7e).contains(&b)));
         let userinfo = parts
             .uri
             .authority()
@@ -251,10 +258,7 @@ impl Gate {
             return Err(refuse(ctx, Reject::BadRequest("request-target")));
         }
         let mut creds = credentials::from_headers(&parts.headers);
-        let query_params = query
-            .as_deref()
-            .map(credentials::parse_query)
-            .unwrap_or_default();
+        let query_params = query.map(credentials::parse_query).unwrap_or_default();
         creds.extend(credentials::credentials_from_params(
             &query_params,
             Origin::Query,
@@ -266,9 +270,8 @@ impl Gate {
         let head = Head {
             method: parts.method.clone(),
             headers: std::mem::take(&mut parts.headers),
-            raw_path,
-            query,
             path: head_path,
+            strict_path,
             query_params,
             kind,
             peer,
@@ -336,7 +339,6 @@ impl Gate {
         ctx: &mut Ctx,
     ) -> Result<String, Refusal> {
         let config = &*self.config;
-        let root = config.upstream.relative_url_root.as_str();
         ctx.candidates = distinct_candidates(creds);
 
         let service = one_value(&head.query_params, body_params, "service", ctx)?;
@@ -361,19 +363,11 @@ impl Gate {
                 .map(|p| (p.name.as_str(), p.value.as_str()))
                 .collect(),
         };
-        let shallow = target::classify(
-            &head.method,
-            &head.path,
-            head.query.as_deref(),
-            &class_params,
-            &config.routes,
-            false,
-        );
-        if let Ok(t) = &shallow {
-            ctx.class = t.class;
-        }
-        let shape = shallow.as_ref().map(|t| t.shape).unwrap_or(Shape::Api);
-        let runner_job = shallow.as_ref().ok().and_then(|t| t.job_id);
+        let classified =
+            target::classify_request(&head.method, &head.path, &class_params, &config.routes);
+        ctx.class = classified.lenient.class;
+        let shape = classified.lenient.shape;
+        let runner_job = classified.lenient.job_id;
 
         // Phase: resolve.
         let client_ip = forward::client_ip(config, &head.headers, head.peer.ip());
@@ -388,16 +382,10 @@ impl Gate {
             Holder::Job(job) => {
                 ctx.source = Some(job.clone());
                 // Phase: target.
-                let target = canonical::canonicalize(&head.raw_path, root, true).and_then(|path| {
-                    target::classify(
-                        &head.method,
-                        &path,
-                        head.query.as_deref(),
-                        &class_params,
-                        &config.routes,
-                        true,
-                    )
-                    .map(|t| (t, target::repository_shadow(&path)))
+                let target = head.strict_path.and_then(|()| {
+                    classified
+                        .into_strict()
+                        .map(|t| (t, target::repository_shadow(&head.path)))
                 });
                 // Phase: decide.
                 Some(match target {

@@ -168,6 +168,54 @@ pub fn classify(
     }
 }
 
+/// One request classified for both readings at once (see [`Classified`]).
+///
+/// Equivalent to calling [`classify`] with `job_token` false and then true, with the second
+/// call skipped when it cannot differ: the two differ only when a fixed shape cannot read its
+/// target exactly, or when a segment has a `%` that does not decode (only the strict reading
+/// refuses it); for a path with a `%` the strict reading is run separately.
+pub fn classify_request(
+    method: &Method,
+    path: &CanonicalPath,
+    params: &ClassParams<'_>,
+    routes: &[Route],
+) -> Classified {
+    match classify_fixed(method, path, params, false) {
+        Ok(found) => {
+            let lenient = found.unwrap_or_else(|| {
+                configured_route(method, path, routes).unwrap_or_else(|| unknown(method, path))
+            });
+            let strict = if path.raw.contains('%') {
+                Some(classify(method, path, None, params, routes, true))
+            } else {
+                None
+            };
+            Classified { lenient, strict }
+        }
+        Err(why) => Classified {
+            lenient: unknown(method, path),
+            strict: Some(Err(Reject::NotFound(why))),
+        },
+    }
+}
+
+/// A request's class and target read leniently (no job token: only for the log, the
+/// denial's shape and the runner routes' job id) and strictly (a job token is present: what
+/// the decision uses).
+#[derive(Debug)]
+pub struct Classified {
+    pub lenient: Target,
+    /// `None`: the strict reading is `lenient` itself.
+    strict: Option<Result<Target, Reject>>,
+}
+
+impl Classified {
+    /// The strict reading, as [`classify`] with `job_token` gives it.
+    pub fn into_strict(self) -> Result<Target, Reject> {
+        self.strict.unwrap_or(Ok(self.lenient))
+    }
+}
+
 /// True iff `s` is a project or job id as scopegate accepts one: `[1-9][0-9]{0,18}`.
 ///
 /// Stricter than the forge on purpose: `lib/api/helpers.rb` tests `INTEGER_ID_REGEX`

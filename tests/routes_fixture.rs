@@ -272,6 +272,115 @@ fn every_route_classifies_as_the_fixture_says() {
     );
 }
 
+/// The gateway reads a path once: strictly first, then leniently only if the strict reading
+/// refuses it, and classifies once for both readings (`classify_request`). It must give
+/// exactly what reading and classifying twice gives (lenient for the log, the denial shape and
+/// the runner job id; strict for the decision), on every fixture row and on the spellings
+/// that split the two readings: encodings, dot segments, doubled slashes, control bytes,
+/// digit references that are not ids, case, a relative URL root, and a configured route.
+#[test]
+fn one_reading_of_the_path_equals_two() {
+    use scopegate::target::classify_request;
+    let config = scopegate::config::Config::from_yaml_str(
+        "upstream: { url: \"http://127.0.0.1:1\" }\nroutes:\n  - methods: [GET]\n    path: '^/api/v4/groups/42/-/packages/maven/'\n    sources: { projects: [g/build] }\n",
+        std::path::Path::new("inline.yaml"),
+    )
+    .expect("config");
+    let mut paths: Vec<(String, String, Option<String>)> = Vec::new();
+    for row in rows() {
+        let p = row.path_only().to_owned();
+        let query = row.query().map(str::to_owned);
+        let variants = [
+            p.clone(),
+            p.to_ascii_uppercase(),
+            p.replacen('/', "//", 2),
+            p.replace("/g/", "/g%2F"),
+            p.replace("/g/", "/g/./"),
+            p.replace("/g/", "/g/../"),
+            p.replace("projects/1", "projects/01"),
+            p.replace("projects/1", "projects/1%0Ajunk"),
+            p.replace("projects/1", "projects/%31"),
+            p.replace("projects/1", "projects/g%2Fsecret"),
+            p.replace("app", "%61pp"),
+            p.replace("app", "a%ZZpp"),
+            p.replace("app", "a%C3pp"),
+            p.replace("app", "a%5Cpp"),
+            format!("{p}/"),
+            format!("/gitlab{p}"),
+        ];
+        for v in variants {
+            paths.push((row.method.clone(), v, query.clone()));
+        }
+    }
+    for (m, p) in [
+        ("GET", "/api/v4/groups/42/-/packages/maven/a/b.jar"),
+        ("GET", "/api/v4/groups/42/-/packages/maven/%2e%2e/b.jar"),
+        ("PUT", "/api/v4/groups/42/-/packages/maven/a/b.jar"),
+        ("GET", "/"),
+        ("GET", "/api/v4/projects"),
+        ("GET", "/api/v4/projects/"),
+        ("PUT", "/api/v4/jobs/7"),
+        ("PUT", "/api/v4/jobs/07"),
+        ("GET", "/api/v4/jobs/7/artifacts"),
+        ("GET", "/api/v4/job/%2e%2e/projects/2"),
+    ] {
+        paths.push((m.to_owned(), p.to_owned(), None));
+        paths.push((m.to_owned(), format!("/gitlab{p}"), None));
+    }
+    let mut checked = 0;
+    for root in ["", "/gitlab"] {
+        for (method, raw, query) in &paths {
+            let method = Method::from_bytes(method.as_bytes()).expect("method");
+            let parsed = query.as_deref().map(parse_query).unwrap_or_default();
+            let params = ClassParams {
+                service: parsed
+                    .iter()
+                    .rfind(|p| p.name == "service")
+                    .map(|p| p.value.as_str()),
+                lfs_operation: None,
+                scopes: parsed
+                    .iter()
+                    .filter(|p| p.name == "scope")
+                    .map(|p| p.value.as_str())
+                    .collect(),
+                registry_params: parsed
+                    .iter()
+                    .map(|p| (p.name.as_str(), p.value.as_str()))
+                    .collect(),
+            };
+            // Reading twice, as the gateway did.
+            let lenient_path = canonicalize(raw, root, false);
+            let strict_twice = canonicalize(raw, root, true).and_then(|p| {
+                classify(&method, &p, None, &params, &config.routes, true)
+                    .map(|t| (t, scopegate::target::repository_shadow(&p)))
+            });
+            // Reading once.
+            let (path, strict_path) = match canonicalize(raw, root, true) {
+                Ok(p) => (Ok(p), Ok(())),
+                Err(e) => (canonicalize(raw, root, false), Err(e)),
+            };
+            assert_eq!(path, lenient_path, "{root} {raw}: lenient path");
+            let Ok(path) = path else {
+                continue;
+            };
+            let lenient_twice = classify(&method, &path, None, &params, &config.routes, false);
+            let once = classify_request(&method, &path, &params, &config.routes);
+            assert_eq!(
+                Ok(&once.lenient),
+                lenient_twice.as_ref(),
+                "{root} {raw}: lenient"
+            );
+            let strict_once = strict_path.and_then(|()| {
+                once.into_strict()
+                    .map(|t| (t, scopegate::target::repository_shadow(&path)))
+            });
+            assert_eq!(strict_once, strict_twice, "{root} {raw}: strict");
+            checked += 1;
+        }
+    }
+    assert!(checked > 5000, "only {checked} spellings compared");
+}
+
 // ------------------------------------------------------------------------------------------
 // (b) End to end.
 // ------------------------------------------------------------------------------------------

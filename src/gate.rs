@@ -279,8 +279,11 @@ impl Gate {
         if let BodyKind::Multipart { boundary } = &head.kind {
             if self.streams(&head.headers) {
                 let boundary = boundary.clone();
-                return self
-                    .stream_upload(head, creds, &boundary, parts, body, tls, ctx)
+                // Boxed, like the other rarely taken or long awaits below: a future holds the
+                // largest of its awaits' states inline, and hyper moves each request's future
+                // (memcpy) before polling it. Unboxed, a streamed upload's state made every
+                // GET's future several KiB larger.
+                return Box::pin(self.stream_upload(head, creds, &boundary, parts, body, tls, ctx))
                     .await;
             }
         }
@@ -294,21 +297,29 @@ impl Gate {
         };
         let untyped = head.kind == BodyKind::Opaque
             && credentials::untyped_api_write(&head.method, &head.headers, &head.path.lower);
-        let read = read_body(
-            head.kind.clone(),
-            untyped,
-            content_length(&head.headers),
-            body,
-            limit,
-            config.limits.idle_timeout,
-        )
-        .await;
+        let read = if head.kind == BodyKind::Opaque && !untyped {
+            // Nothing to inspect (most requests): streamed, without entering the reader.
+            Ok((
+                forward::stream_body(body, config.limits.idle_timeout),
+                Vec::new(),
+            ))
+        } else {
+            Box::pin(read_body(
+                head.kind.clone(),
+                untyped,
+                content_length(&head.headers),
+                body,
+                limit,
+                config.limits.idle_timeout,
+            ))
+            .await
+        };
         let (body, body_params) = read.map_err(|(reason, r)| refuse_with(ctx, reason, r))?;
         creds.extend(credentials::credentials_from_params(
             &body_params,
             Origin::Body,
         ));
-        let path_and_query = self.authorize(&head, &creds, &body_params, ctx).await?;
+        let path_and_query = Box::pin(self.authorize(&head, &creds, &body_params, ctx)).await?;
         parts.headers = head.headers;
 
         // Phase: forward.

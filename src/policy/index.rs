@@ -14,7 +14,11 @@
 
 use crate::config::{Config, ProjectConfig, Ref, Sources};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+// FxHash rather than SipHash: the long-lived maps hold the configuration's own ids and paths
+// (a request only looks them up), and a request's `Directory` holds a handful of entries of
+// its own; no attacker can fill a map with colliding keys, so a keyed hash's DoS resistance
+// buys nothing, and hashing was a tenth of the decision's time.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 
 use super::SourceProject;
@@ -91,9 +95,11 @@ pub struct ScopeIndex {
 
 impl ScopeIndex {
     pub fn new(config: Arc<Config>) -> ScopeIndex {
-        let mut projects = HashMap::with_capacity(config.projects.len());
-        let mut ids_by_path = HashMap::with_capacity(config.projects.len());
-        let mut paths_by_id: HashMap<u64, Vec<String>> = HashMap::new();
+        let mut projects =
+            HashMap::with_capacity_and_hasher(config.projects.len(), Default::default());
+        let mut ids_by_path =
+            HashMap::with_capacity_and_hasher(config.projects.len(), Default::default());
+        let mut paths_by_id: HashMap<u64, Vec<String>> = HashMap::default();
         for (position, p) in config.projects.iter().enumerate() {
             // Ids and paths are unique once the config has loaded; should a hand-built one
             // repeat an id, the first entry wins, as a scan from the top would find it.

@@ -133,7 +133,7 @@ impl Knowledge {
     }
 
     fn old(&self, config: &Config) -> oracle::OldDirectory {
-        let mut project_ids = HashMap::new();
+        let mut project_ids = HashMap::default();
         for c in &config.projects {
             if let Some(p) = &c.path {
                 project_ids.insert(p.clone(), c.id);

@@ -494,16 +494,29 @@ fn contains_marker(s: &str) -> bool {
 
 /// [`JOB_TOKEN_MARKER`] anywhere in `b`, in any ASCII case, without a lower-cased copy.
 fn contains_marker_bytes(b: &[u8]) -> bool {
+    find_marker(b, 0).is_some()
+}
+
+/// Where [`JOB_TOKEN_MARKER`] next starts in `b` at or after `from`, in any ASCII case: each
+/// `g`/`G` (found with `memchr`) is a place to compare, nothing is copied or lower-cased.
+fn find_marker(b: &[u8], from: usize) -> Option<usize> {
     let marker = JOB_TOKEN_MARKER.as_bytes();
-    b.windows(marker.len())
-        .any(|w| w.eq_ignore_ascii_case(marker))
+    let mut at = from;
+    while at + marker.len() <= b.len() {
+        let candidate = at + memchr::memchr2(marker[0], marker[0].to_ascii_uppercase(), &b[at..])?;
+        let window = b.get(candidate..candidate + marker.len())?;
+        if window.eq_ignore_ascii_case(marker) {
+            return Some(candidate);
+        }
+        at = candidate + 1;
+    }
+    None
 }
 
 /// Every `[A-Za-z0-9_-]*glcbt-[A-Za-z0-9_.-]+` in `s` (the marker in any case): a job token,
 /// with any instance prefix, wherever it sits (inside a Cookie, a User-Agent, a longer value).
 fn marker_substrings(s: &str) -> Vec<String> {
     let bytes = s.as_bytes();
-    let lower = s.to_ascii_lowercase();
     let prefix_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
     let token_char = |b: u8| prefix_char(b) || b == b'.';
     let mut out = Vec::new();
@@ -512,8 +525,7 @@ fn marker_substrings(s: &str) -> Vec<String> {
     // left edge is found without rescanning (linear in the value).
     let mut run_start = 0;
     let mut scanned = 0;
-    while let Some(off) = lower[from..].find(JOB_TOKEN_MARKER) {
-        let at = from + off;
+    while let Some(at) = find_marker(bytes, from) {
         for (k, &b) in bytes.iter().enumerate().take(at).skip(scanned) {
             if !prefix_char(b) {
                 run_start = k + 1;

@@ -1253,3 +1253,37 @@ fn multipart_as_curl_sends_it() {
     assert_eq!(creds.len(), 1);
     assert_eq!(creds[0].slot, Slot::Body("token".into()));
 }
+
+#[test]
+fn the_marker_is_found_where_a_lower_cased_search_finds_it() {
+    for s in [
+        "",
+        "g",
+        "glcbt",
+        "glcbt-",
+        "GLCBT-x",
+        "xxGlCbT-yy",
+        "gglcbt-",
+        "glcbglcbt-",
+        "glcbt-glcbt-",
+        "ün glcbt- ü GLCBT-",
+        "a;GLCBT_;glcbt -;gLcBt-",
+        "gggggggggglcbt-",
+    ] {
+        let lower = s.to_ascii_lowercase();
+        for from in 0..=s.len() {
+            let want = lower
+                .get(from..)
+                .and_then(|rest| rest.find(JOB_TOKEN_MARKER))
+                .map(|at| at + from);
+            if lower.is_char_boundary(from) {
+                assert_eq!(find_marker(s.as_bytes(), from), want, "{s:?} from {from}");
+            }
+        }
+        assert_eq!(
+            contains_marker(s),
+            lower.contains(JOB_TOKEN_MARKER),
+            "{s:?}"
+        );
+    }
+}

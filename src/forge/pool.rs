@@ -72,10 +72,7 @@ impl ForwardError {
 impl Upstream {
     /// The pool for an `http://` forge, else `client`.
     pub fn new(config: &Config, client: HttpClient) -> Upstream {
-        match Pool::for_forge(
-            &config.upstream.url,
-            config.limits.upstream_connect_timeout,
-        ) {
+        match Pool::for_forge(&config.upstream.url, config.limits.upstream_connect_timeout) {
             Some(pool) => Upstream::Pool(Arc::new(pool)),
             None => Upstream::Client(Box::new(client)),
         }
@@ -138,7 +135,10 @@ impl Pool {
         let authority = url.authority()?;
         let port = authority.port_u16().unwrap_or(80);
         // An IPv6 literal is bracketed in the authority, not in an address.
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let address = match host.parse::<IpAddr>() {
             Ok(ip) => Address::Socket(SocketAddr::new(ip, port)),
             Err(_) => Address::Name(host.to_owned(), port),
@@ -396,5 +396,184 @@ impl<C: Reusable> IdleList<C> {
             }
             self.entries.pop_front();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// A connection whose state the test sets.
+    struct Fake {
+        id: u32,
+        ready: Rc<Cell<bool>>,
+        closed: Rc<Cell<bool>>,
+    }
+
+    impl Reusable for Fake {
+        fn is_ready(&self) -> bool {
+            self.ready.get()
+        }
+        fn is_closed(&self) -> bool {
+            self.closed.get()
+        }
+    }
+
+    fn fake(id: u32) -> (Fake, Rc<Cell<bool>>, Rc<Cell<bool>>) {
+        let ready = Rc::new(Cell::new(true));
+        let closed = Rc::new(Cell::new(false));
+        let conn = Fake {
+            id,
+            ready: ready.clone(),
+            closed: closed.clone(),
+        };
+        (conn, ready, closed)
+    }
+
+    fn ids(list: &IdleList<Fake>) -> Vec<u32> {
+        list.entries.iter().map(|(c, _)| c.id).collect()
+    }
+
+    #[test]
+    fn the_newest_ready_connection_is_taken_first() {
+        let t0 = Instant::now();
+        let mut list = IdleList::new(MAX_IDLE, IDLE_TIMEOUT);
+        list.put(fake(1).0, t0);
+        list.put(fake(2).0, t0);
+        assert_eq!(list.take(t0).map(|c| c.id), Some(2));
+        assert_eq!(list.take(t0).map(|c| c.id), Some(1));
+        assert!(list.take(t0).is_none());
+    }
+
+    #[test]
+    fn a_connection_not_ready_yet_stays_and_a_closed_one_goes() {
+        let t0 = Instant::now();
+        let mut list = IdleList::new(MAX_IDLE, IDLE_TIMEOUT);
+        let (one, _, _) = fake(1);
+        let (two, two_ready, _) = fake(2);
+        let (three, _, three_closed) = fake(3);
+        list.put(one, t0);
+        list.put(two, t0);
+        list.put(three, t0);
+        two_ready.set(false);
+        three_closed.set(true);
+        // A closed connection reports itself not ready too.
+        list.entries[2].0.ready.set(false);
+        assert_eq!(list.take(t0).map(|c| c.id), Some(1));
+        assert_eq!(ids(&list), vec![2], "3 dropped, 2 kept for later");
+        assert!(list.take(t0).is_none());
+        two_ready.set(true);
+        assert_eq!(list.take(t0).map(|c| c.id), Some(2));
+    }
+
+    #[test]
+    fn idle_connections_expire_after_the_idle_timeout() {
+        let t0 = Instant::now();
+        let mut list = IdleList::new(MAX_IDLE, IDLE_TIMEOUT);
+        list.put(fake(1).0, t0);
+        list.put(fake(2).0, t0 + Duration::from_secs(30));
+        let just_before = t0 + IDLE_TIMEOUT - Duration::from_millis(1);
+        list.expire(just_before);
+        assert_eq!(ids(&list), vec![1, 2]);
+        // Checked on checkout: 1 has been idle 90 s, 2 only 60 s.
+        let later = t0 + IDLE_TIMEOUT;
+        assert_eq!(list.take(later).map(|c| c.id), Some(2));
+        list.put(fake(3).0, later);
+        // And on return: 3 given back at 90 s is still fresh; nothing older is left.
+        list.put(fake(4).0, later + IDLE_TIMEOUT - Duration::from_secs(1));
+        assert_eq!(ids(&list), vec![3, 4]);
+        list.put(fake(5).0, later + IDLE_TIMEOUT);
+        assert_eq!(ids(&list), vec![4, 5]);
+    }
+
+    #[test]
+    fn at_most_max_idle_connections_are_kept_the_oldest_go() {
+        let t0 = Instant::now();
+        let mut list = IdleList::new(MAX_IDLE, IDLE_TIMEOUT);
+        for id in 0..MAX_IDLE as u32 + 3 {
+            list.put(fake(id).0, t0);
+        }
+        assert_eq!(list.len(), MAX_IDLE);
+        assert_eq!(list.entries.front().map(|(c, _)| c.id), Some(3));
+        assert_eq!(
+            list.entries.back().map(|(c, _)| c.id),
+            Some(MAX_IDLE as u32 + 2)
+        );
+    }
+
+    #[test]
+    fn only_http_forges_get_the_pool() {
+        let t = Duration::from_secs(5);
+        let pool = |url: &str| Pool::for_forge(&url.parse().expect("uri"), t);
+        let p = pool("http://[::1]:3000").expect("http");
+        assert!(
+            matches!(p.address, Address::Socket(a) if a == "[::1]:3000".parse().expect("addr"))
+        );
+        assert_eq!(p.host, "[::1]:3000");
+        let p = pool("http://forge.internal").expect("http");
+        assert!(matches!(&p.address, Address::Name(h, 80) if h == "forge.internal"));
+        assert!(pool("https://forge.internal").is_none());
+    }
+
+    /// An upstream counting its connections and answering every request with its body.
+    async fn echo_upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        Ok::<_, hyper::Error>(Response::new(http_body_util::Full::new(body)))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// The stale-connection retry, made deterministic: a request queued on a connection the
+    /// forge has already closed (its end reads EOF before anything is written) comes back
+    /// from hyper unsent and goes out, whole, on a new connection.
+    #[tokio::test]
+    async fn a_request_given_back_unsent_goes_out_on_a_new_connection() {
+        use std::sync::atomic::Ordering;
+        let (addr, accepted) = echo_upstream().await;
+        let pool = Arc::new(
+            Pool::for_forge(
+                &format!("http://{addr}").parse().expect("uri"),
+                Duration::from_secs(5),
+            )
+            .expect("pool"),
+        );
+        let (ours, theirs) = tokio::io::duplex(4096);
+        drop(theirs);
+        let (stale, conn) = hyper::client::conn::http1::handshake(TokioIo::new(ours))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+
+        let req = Request::post("/api/v4/x")
+            .header(header::HOST, "gitlab.example")
+            .body(super::super::full(Bytes::from_static(b"a POST body")))
+            .expect("request");
+        let resp = pool.send_on(stale, req).await.expect("resent");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, "a POST body");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // And the new connection is now the pool's.
+        assert_eq!(pool.idle_count(), 1);
     }
 }

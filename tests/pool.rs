@@ -3,7 +3,10 @@
 //! every request head they read and every connection that ends. Keep-alive reuse (bodies of
 //! known length, chunked, none at all), no reuse of a connection whose response was cut or
 //! upgraded, a forge that closes each connection after one response, origin-form request
-//! lines and `Host`.
+//! lines and `Host`, HTTP/2 clients forwarded over HTTP/1.1.
+
+#[path = "support/pki.rs"]
+mod pki;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -522,5 +525,45 @@ async fn a_forge_that_closes_idle_connections_does_not_fail_requests() {
         );
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 10);
+    gw.shutdown().await;
+}
+
+/// HTTP/2 clients (the TLS listener) are forwarded over the same HTTP/1.1 connection, their
+/// `:authority` as `Host`; many streams of one HTTP/2 connection, sequentially, one upstream
+/// connection.
+#[tokio::test]
+async fn http2_clients_are_forwarded_over_pooled_http1_connections() {
+    let pki = pki::pki();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = pki::write(dir.path(), "gw.pem", &pki.cert_pem);
+    let key = pki::write(dir.path(), "gw-key.pem", &pki.key_pem);
+    let mut up = Upstream::start().await;
+    let gw = gateway(
+        &up.url,
+        &format!("tls: {{ cert: '{cert}', key: '{key}' }}\n"),
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).expect("ca"))
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let authority = format!("127.0.0.1:{}", gw.addr.port());
+    for i in 0..5 {
+        let r = http
+            .get(format!("https://{authority}/len/h2/{i}"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.text().await.expect("body"), format!("conn 1 /len/h2/{i}"));
+        let Seen::Request { uri, host, .. } = up.next_request().await else {
+            unreachable!()
+        };
+        assert!(uri.authority().is_none(), "{uri}");
+        assert_eq!(host.as_deref(), Some(authority.as_str()));
+    }
+    assert_eq!(up.accepted(), 1);
     gw.shutdown().await;
 }

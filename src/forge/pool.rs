@@ -100,7 +100,9 @@ impl Upstream {
     /// with a body that streams the rest.
     pub async fn send(&self, req: Request<UpBody>) -> Result<Response<UpBody>, ForwardError> {
         match self {
-            Upstream::Pool(pool) => pool.send(req).await,
+            // Boxed, as the legacy client's response future is: the pool's future is large,
+            // and inline it would be copied with every future that holds it.
+            Upstream::Pool(pool) => Box::pin(pool.send(req)).await,
             Upstream::Client(client) => {
                 let resp = client.request(req).await?;
                 Ok(resp.map(|b| b.map_err(|e| -> BodyError { Box::new(e) }).boxed()))
@@ -164,13 +166,11 @@ impl Pool {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
         let taken = self.lock().take(Instant::now());
-        match taken {
-            Some(sender) => self.send_on(sender, req).await,
-            None => {
-                let sender = self.connect().await?;
-                self.send_on(sender, req).await
-            }
-        }
+        let sender = match taken {
+            Some(sender) => sender,
+            None => self.connect().await?,
+        };
+        self.send_on(sender, req).await
     }
 
     /// Sends `req` on `sender`. When that connection turns out to be closed before the request
@@ -189,8 +189,10 @@ impl Pool {
             Err(mut e) => match e.take_message() {
                 Some(req) => {
                     tracing::debug!(error = %e.error(), "idle forge connection closed: sending on a new one");
-                    sender = self.connect().await?;
-                    sender.send_request(req).await?
+                    // Boxed: the rare path should not enlarge every request's future.
+                    let (fresh, resp) = Box::pin(self.resend(req)).await?;
+                    sender = fresh;
+                    resp
                 }
                 None => return Err(e.into_error().into()),
             },
@@ -205,6 +207,16 @@ impl Pool {
             })
         };
         Ok(resp.map(|body| PooledBody::new(body, back).boxed()))
+    }
+
+    /// `req` on a new connection, which is returned with the response.
+    async fn resend(
+        &self,
+        req: Request<UpBody>,
+    ) -> Result<(SendRequest<UpBody>, Response<Incoming>), ForwardError> {
+        let mut sender = self.connect().await?;
+        let resp = sender.send_request(req).await?;
+        Ok((sender, resp))
     }
 
     async fn connect(&self) -> Result<SendRequest<UpBody>, ForwardError> {

@@ -1,6 +1,7 @@
-//! The one HTTP client to the forge, shared by forwarding and by scopegate's own look-ups
-//! (`GET /api/v4/job`, projects, groups). Pooled, HTTP/1.1 and HTTP/2 (ALPN over TLS),
-//! rustls for `https://` forges with optional extra roots.
+//! HTTP clients to the forge. The shared legacy client serves scopegate's own look-ups
+//! (`GET /api/v4/job`, projects, groups) and forwarding to an `https://` forge: pooled,
+//! HTTP/1.1 and HTTP/2 (ALPN over TLS), rustls with optional extra roots. Forwarding to an
+//! `http://` forge goes through the lean HTTP/1.1 pool of [`pool`].
 
 use crate::config::Config;
 use bytes::Bytes;
@@ -12,6 +13,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub mod pool;
+
+pub use pool::{ForwardError, Upstream};
 
 /// Body type of every request scopegate sends upstream: streamed client bodies and buffered
 /// inspected ones alike.

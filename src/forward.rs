@@ -6,7 +6,7 @@
 use crate::admin::Histogram;
 use crate::config::{Cidr, Config};
 use crate::error::Refusal;
-use crate::forge::{self, BodyError, HttpClient, UpBody};
+use crate::forge::{self, BodyError, UpBody, Upstream};
 use crate::server::ConnectionLease;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -203,7 +203,7 @@ pub struct Outbound {
 /// response head goes into `latency` (requests that get none, 502/504, are not observed).
 pub async fn forward(
     config: &Config,
-    client: &HttpClient,
+    upstream: &Upstream,
     latency: &Histogram,
     out: Outbound,
 ) -> Result<Response<UpBody>, Refusal> {
@@ -217,8 +217,9 @@ pub async fn forward(
     } = out;
     // The client connection's lease: an upgraded connection goes on holding it.
     let lease = parts.extensions.remove::<ConnectionLease>();
-    let uri =
-        forge::upstream_uri(config, &path_and_query).map_err(|_| Refusal::BadRequest("uri"))?;
+    let uri = upstream
+        .uri(config, path_and_query)
+        .ok_or(Refusal::BadRequest("uri"))?;
     let websocket = upgrade.is_some();
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
@@ -235,10 +236,10 @@ pub async fn forward(
     *req.method_mut() = parts.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = parts.headers;
-    // The client may speak HTTP/2 to us; the pool picks the upstream protocol itself.
+    // The client may speak HTTP/2 to us; the upstream picks its protocol itself.
     *req.version_mut() = http::Version::HTTP_11;
 
-    let sent = tokio::time::timeout(config.limits.upstream_response_timeout, client.request(req));
+    let sent = tokio::time::timeout(config.limits.upstream_response_timeout, upstream.send(req));
     let sending = Instant::now();
     let mut resp = match sent.await {
         Err(_) => return Err(Refusal::GatewayTimeout),
@@ -292,7 +293,7 @@ pub async fn forward(
 
     let (mut head, body) = resp.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    let body = IdleTimeout::new(client_body(body), config.limits.idle_timeout).boxed();
+    let body = IdleTimeout::new(body, config.limits.idle_timeout).boxed();
     Ok(Response::from_parts(head, body))
 }
 

@@ -10,7 +10,7 @@ use crate::canonical::{self, CanonicalPath};
 use crate::config::{Config, Mode};
 use crate::credentials::{self, BodyKind, Credential, Origin, Param};
 use crate::error::Refusal;
-use crate::forge::{HttpClient, UpBody};
+use crate::forge::{HttpClient, UpBody, Upstream};
 use crate::forward::{self, Outbound};
 use crate::jobs::{JobIdentity, JobResolver, Lookup};
 use crate::resolve::Resolver;
@@ -39,7 +39,9 @@ use body::{content_length, is_package_publish, read_body};
 /// Everything one configuration generation needs to decide requests.
 pub struct Gate {
     pub config: Arc<Config>,
-    client: HttpClient,
+    /// Where allowed requests go; a reload builds a new one (old connections close with the
+    /// old gate).
+    upstream: Upstream,
     jobs: JobResolver,
     resolver: Resolver,
     metrics: Arc<Metrics>,
@@ -161,8 +163,8 @@ impl Gate {
                 None => JobResolver::new(client.clone(), config.clone(), metrics.clone()),
             },
             resolver: Resolver::new(client.clone(), config.clone()).with_metrics(metrics.clone()),
+            upstream: Upstream::new(&config, client),
             config,
-            client,
             metrics,
             auth_log,
         })
@@ -325,7 +327,7 @@ impl Gate {
         // Phase: forward.
         forward::forward(
             config,
-            &self.client,
+            &self.upstream,
             &self.metrics.upstream_response,
             Outbound {
                 parts,

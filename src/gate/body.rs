@@ -45,7 +45,7 @@ impl Gate {
         parts.headers = head.headers.clone();
         let forwarding = forward::forward(
             &self.config,
-            &self.client,
+            &self.upstream,
             &self.metrics.upstream_response,
             Outbound {
                 parts,

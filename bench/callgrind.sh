@@ -43,7 +43,9 @@ notoken) PATH_=/api/v4/projects/1/packages/generic/pkg/1.0/small.bin; TOKEN=""; 
 *) echo "unknown workload $WORKLOAD" >&2; exit 2 ;;
 esac
 : >"$TMP/log"
-valgrind --tool=callgrind --callgrind-out-file="$OUT.%p.out" \
+# One worker, as bench/run.sh's pinned scopegate runs (Tokio's current-thread runtime);
+# SCOPEGATE_WORKERS=2 measures the multi-thread scheduler instead.
+SCOPEGATE_WORKERS=${SCOPEGATE_WORKERS:-1} valgrind --tool=callgrind --callgrind-out-file="$OUT.%p.out" \
     "$ROOT/target/release/scopegate" run --config "$TMP/config/proxy.yaml" 2>"$TMP/log" &
 SG_PID=$!
 deadline=$((SECONDS + 60))

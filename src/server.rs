@@ -616,7 +616,12 @@ async fn serve_proxy(
             let is_tls = tls.is_some();
             let request_lease = lease.clone();
             let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(request_lease.clone());
+                // Only an upgrade (a WebSocket spliced after the decision) outlives this
+                // connection's task and needs the lease; inserting it into every request's
+                // extensions cost three allocations per request.
+                if req.headers().contains_key(http::header::UPGRADE) {
+                    req.extensions_mut().insert(request_lease.clone());
+                }
                 let gate = current(&gate);
                 async move {
                     Ok::<_, std::convert::Infallible>(serve_request(gate, req, peer, is_tls).await)

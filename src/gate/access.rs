@@ -352,12 +352,7 @@ impl fmt::Display for TextLine<'_> {
 fn push_socket_addr(out: &mut String, addr: std::net::SocketAddr) {
     match addr {
         std::net::SocketAddr::V4(v4) => {
-            for (i, octet) in v4.ip().octets().iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                logging::push_u64(out, u64::from(*octet));
-            }
+            logging::push_ip(out, std::net::IpAddr::V4(*v4.ip()));
             out.push(':');
             logging::push_u64(out, u64::from(v4.port()));
         }

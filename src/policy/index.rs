@@ -287,23 +287,25 @@ impl Directory {
     }
 }
 
-/// Lower-cased path → id, and id → every path ever inserted for it (a path later paired with
-/// another id stays listed; readers check the forward map).
+/// Lower-cased path → id. A request's directory holds a handful of entries (its source and
+/// target; with a service token, the path entries of the lists it is checked against), so
+/// the reverse direction is a scan rather than a second map to fill on every request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Names {
     ids: HashMap<String, u64>,
-    paths: HashMap<u64, Vec<String>>,
 }
 
 impl Names {
     fn insert(&mut self, path: &str, id: u64) {
-        let path = path.to_ascii_lowercase();
-        self.paths.entry(id).or_default().push(path.clone());
-        self.ids.insert(path, id);
+        self.ids.insert(path.to_ascii_lowercase(), id);
     }
 
+    /// Every path this request paired with `id`.
     fn paths_of(&self, id: u64) -> impl Iterator<Item = &String> {
-        self.paths.get(&id).into_iter().flatten()
+        self.ids
+            .iter()
+            .filter(move |(_, v)| **v == id)
+            .map(|(path, _)| path)
     }
 }
 

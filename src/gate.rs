@@ -458,15 +458,35 @@ impl Gate {
             ));
         }
         let prefix = self.config.instance_prefix.as_str();
+        // What the format or the cache answers at once (the usual request: a token seen
+        // before), then one concurrent look-up per remaining candidate.
+        let mut answers: BTreeMap<Secret, Lookup> = BTreeMap::new();
+        let mut missing = Vec::new();
+        for c in &ctx.candidates {
+            let known = if skips_lookup(c, prefix) {
+                Some(Lookup::NotJob)
+            } else {
+                self.jobs.cached(c)
+            };
+            match known {
+                Some(l) => {
+                    answers.insert(c.clone(), l);
+                }
+                None => missing.push(c.clone()),
+            }
+        }
         // A named async fn rather than an async closure: the closure's borrow of `self`
         // makes the connection future's `Send` bound unprovable (rust-lang/rust#102211).
-        let lookups: Vec<_> = ctx
-            .candidates
-            .iter()
-            .map(|c| lookup_one(&self.jobs, c.clone(), prefix, client_ip))
+        let lookups: Vec<_> = missing
+            .into_iter()
+            .map(|c| lookup_one(&self.jobs, c, prefix, client_ip))
             .collect();
-        let mut answers: BTreeMap<Secret, Lookup> = BTreeMap::new();
-        for answer in futures_util::future::join_all(lookups).await {
+        let fetched = if lookups.is_empty() {
+            Vec::new()
+        } else {
+            futures_util::future::join_all(lookups).await
+        };
+        for answer in fetched {
             match answer {
                 Ok((c, l)) => {
                     answers.insert(c, l);
@@ -587,13 +607,17 @@ async fn lookup_one(
     prefix: &str,
     client_ip: IpAddr,
 ) -> Result<(Secret, Lookup), crate::forge::LookupFailure> {
-    if credentials::is_known_non_job(candidate.expose(), prefix)
-        || cannot_be_issued(candidate.expose())
-    {
+    if skips_lookup(&candidate, prefix) {
         return Ok((candidate, Lookup::NotJob));
     }
     let answer = jobs.lookup(&candidate, client_ip).await?;
     Ok((candidate, answer))
+}
+
+/// "Not a job token" by its format alone: no cache, no forge.
+fn skips_lookup(candidate: &Secret, prefix: &str) -> bool {
+    credentials::is_known_non_job(candidate.expose(), prefix)
+        || cannot_be_issued(candidate.expose())
 }
 
 /// A value with whitespace or a control character in it is no token the forge issued (job

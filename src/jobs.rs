@@ -105,6 +105,22 @@ impl JobResolver {
         self.slots.is_empty()
     }
 
+    /// What `token` is when the cache holds a fresh answer: no waiting, no look-up started
+    /// (counted as a cache hit). `None`: ask [`lookup`](Self::lookup).
+    pub fn cached(&self, token: &Secret) -> Option<Lookup> {
+        if token.expose().len() > MAX_CANDIDATE_LEN {
+            return Some(Lookup::NotJob);
+        }
+        let slot = self.slots.get(&token.digest())?;
+        match &*slot {
+            Slot::Ready(answer, expires) if *expires > Instant::now() => {
+                self.metrics.job_cache_hits.fetch_add(1, Ordering::Relaxed);
+                Some(answer.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// What `token` is, from the cache or one shared look-up. `client` is charged by the
     /// forge's rate limits through `X-Forwarded-For`.
     pub async fn lookup(&self, token: &Secret, client: IpAddr) -> Result<Lookup, LookupFailure> {

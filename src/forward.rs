@@ -74,12 +74,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            // `keep-alive`, `close`, `upgrade`: the fixed list below covers them.
+            // `keep-alive`, `upgrade`, …: the fixed list below removes them when present.
             .filter(|name| {
                 !HOP_BY_HOP
                     .iter()
                     .any(|h| h.as_str().eq_ignore_ascii_case(name))
-                    && !name.eq_ignore_ascii_case("close")
             })
             .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();

@@ -26,8 +26,9 @@ use tokio::time::Instant;
 pub struct JobIdentity {
     pub job_id: u64,
     pub project_id: u64,
-    /// The project's full path, lower-cased, from the job's `web_url`.
-    pub project_path: String,
+    /// The project's full path, lower-cased, from the job's `web_url`. Shared: the cached
+    /// answer is cloned into every request the token makes.
+    pub project_path: std::sync::Arc<str>,
 }
 
 /// A definitive answer about one candidate value.
@@ -278,7 +279,7 @@ pub fn parse_job(body: &[u8], relative_url_root: &str) -> Result<Lookup, LookupF
     Ok(Lookup::Live(JobIdentity {
         job_id,
         project_id,
-        project_path,
+        project_path: project_path.into(),
     }))
 }
 

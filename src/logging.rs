@@ -207,53 +207,59 @@ fn base_name(key: &str) -> &str {
 /// `path?query` with every credential masked: values of sensitive parameters (matched on the
 /// decoded key), values containing `glcbt-`, and every occurrence of a known candidate value
 /// (raw or percent-encoded) anywhere in the path or query.
-pub fn mask_target(path_and_query: &str, candidates: &[&Secret]) -> String {
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
+/// Borrowed from `path_and_query` when there is nothing to mask in a target without a query
+/// (the usual access line: the token rides in a header).
+pub fn mask_target<'a>(
+    path_and_query: &'a str,
+    candidates: &[&Secret],
+) -> std::borrow::Cow<'a, str> {
+    let Some((path, q)) = path_and_query.split_once('?') else {
+        return mask_borrowed(path_and_query, candidates);
     };
     let mut out = String::with_capacity(path_and_query.len());
     out.push_str(path);
-    if let Some(q) = query {
-        out.push('?');
-        for piece in q.split_inclusive(['&', ';']) {
-            let (body, sep) = match piece.char_indices().last() {
-                Some((i, c)) if c == '&' || c == ';' => (&piece[..i], &piece[i..]),
-                _ => (piece, ""),
-            };
-            let (key, value) = match body.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (body, None),
-            };
-            let decoded_key = percent_encoding::percent_decode_str(&key.replace('+', " "))
+    out.push('?');
+    for piece in q.split_inclusive(['&', ';']) {
+        let (body, sep) = match piece.char_indices().last() {
+            Some((i, c)) if c == '&' || c == ';' => (&piece[..i], &piece[i..]),
+            _ => (piece, ""),
+        };
+        let (key, value) = match body.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (body, None),
+        };
+        let decoded_key = percent_encoding::percent_decode_str(&key.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned();
+        let decoded_value = value.map(|v| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
                 .decode_utf8_lossy()
-                .into_owned();
-            let decoded_value = value.map(|v| {
-                percent_encoding::percent_decode_str(&v.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .to_ascii_lowercase()
-            });
-            let sensitive = sensitive_key(&decoded_key)
-                || decoded_value
-                    .as_deref()
-                    .is_some_and(|v| v.contains("glcbt-"));
-            out.push_str(key);
-            if let Some(v) = value {
-                out.push('=');
-                out.push_str(if sensitive && !v.is_empty() { MASK } else { v });
-            }
-            out.push_str(sep);
+                .to_ascii_lowercase()
+        });
+        let sensitive = sensitive_key(&decoded_key)
+            || decoded_value
+                .as_deref()
+                .is_some_and(|v| v.contains("glcbt-"));
+        out.push_str(key);
+        if let Some(v) = value {
+            out.push('=');
+            out.push_str(if sensitive && !v.is_empty() { MASK } else { v });
         }
+        out.push_str(sep);
     }
-    mask_values(&out, candidates)
+    std::borrow::Cow::Owned(mask_values(&out, candidates))
 }
 
 /// Replaces every occurrence of each candidate in `text`, however its characters are
 /// percent-encoded: raw, wholly encoded, or any mix (`%4A` or `%4a` for `J`), since any of
 /// these spellings reads back as the token.
 pub fn mask_values(text: &str, candidates: &[&Secret]) -> String {
-    // Borrowed until a candidate is actually found: on nearly every request the token is in a
-    // header, not in the logged path, and nothing needs copying per candidate.
+    mask_borrowed(text, candidates).into_owned()
+}
+
+/// [`mask_values`], borrowed until a candidate is actually found: on nearly every request the
+/// token is in a header, not in the logged path, and nothing needs copying.
+fn mask_borrowed<'a>(text: &'a str, candidates: &[&Secret]) -> std::borrow::Cow<'a, str> {
     let mut out = std::borrow::Cow::Borrowed(text);
     for c in candidates {
         let raw = c.expose();
@@ -265,7 +271,7 @@ pub fn mask_values(text: &str, candidates: &[&Secret]) -> String {
             out = std::borrow::Cow::Owned(masked);
         }
     }
-    out.into_owned()
+    out
 }
 
 /// `text` with every spelling of `needle` masked; `None` when there is none.

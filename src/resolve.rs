@@ -114,7 +114,7 @@ impl Resolver {
         };
         Ok(SourceProject {
             id: job.project_id,
-            path: job.project_path.clone(),
+            path: job.project_path.to_string(),
             ancestor_group_ids,
         })
     }

@@ -5,13 +5,14 @@
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// A credential value. Compare and hash it, never print it.
+/// A credential value. Compare and hash it, never print it. Shared rather than copied: a
+/// request's candidates are cloned into its look-ups, its answers and its log record.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Secret(String);
+pub struct Secret(std::sync::Arc<str>);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret(std::sync::Arc::from(value.into()))
     }
 
     /// The raw value, for the one place that must send it (the forge look-up).

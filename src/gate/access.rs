@@ -192,11 +192,7 @@ impl Record {
         let path = logging::mask_target(&ctx.raw_target, &candidates);
         let target = ctx.target.as_deref().unwrap_or("-");
         if access {
-            let source = ctx
-                .source
-                .as_ref()
-                .map(|j| j.project_path.as_str())
-                .unwrap_or("-");
+            let source = ctx.source.as_ref().map(|j| &*j.project_path).unwrap_or("-");
             let job = ctx.source.as_ref().map(|j| j.job_id).unwrap_or(0);
             let duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let bytes_received = self.request_bytes.load(Ordering::Relaxed);

@@ -25,7 +25,7 @@ use base64::Engine as _;
 use http::Method;
 use scopegate::canonical::canonicalize;
 use scopegate::config::Ref;
-use scopegate::credentials::parse_query;
+use scopegate::credentials::{parse_query, Param};
 use scopegate::demo::forge::FakeJob;
 use scopegate::target::{classify, Action, ClassParams, Feature, Target};
 use serde_json::Value;
@@ -205,19 +205,15 @@ fn lfs_operation(row: &Row) -> Option<String> {
     v.get("operation")?.as_str().map(str::to_owned)
 }
 
-fn pure_check(row: &Row) -> Result<(), String> {
-    let method = Method::from_bytes(row.method.as_bytes()).map_err(|e| e.to_string())?;
-    let path = canonicalize(row.path_only(), "", true)
-        .map_err(|e| format!("canonicalize refused it: {e}"))?;
-    let params = row.query().map(parse_query).unwrap_or_default();
-    let service = params
-        .iter()
-        .rfind(|p| p.name == "service")
-        .map(|p| p.value.as_str());
-    let operation = lfs_operation(row);
-    let class_params = ClassParams {
-        service,
-        lfs_operation: operation.as_deref(),
+/// What classification reads from the query (and an LFS batch body's `operation`), as the
+/// gateway passes it: the last `service` (Rack keeps the last), every `scope`, every pair.
+fn class_params<'a>(params: &'a [Param], lfs_operation: Option<&'a str>) -> ClassParams<'a> {
+    ClassParams {
+        service: params
+            .iter()
+            .rfind(|p| p.name == "service")
+            .map(|p| p.value.as_str()),
+        lfs_operation,
         scopes: params
             .iter()
             .filter(|p| p.name == "scope")
@@ -227,7 +223,16 @@ fn pure_check(row: &Row) -> Result<(), String> {
             .iter()
             .map(|p| (p.name.as_str(), p.value.as_str()))
             .collect(),
-    };
+    }
+}
+
+fn pure_check(row: &Row) -> Result<(), String> {
+    let method = Method::from_bytes(row.method.as_bytes()).map_err(|e| e.to_string())?;
+    let path = canonicalize(row.path_only(), "", true)
+        .map_err(|e| format!("canonicalize refused it: {e}"))?;
+    let params = row.query().map(parse_query).unwrap_or_default();
+    let operation = lfs_operation(row);
+    let class_params = class_params(&params, operation.as_deref());
     let t = classify(&method, &path, row.query(), &class_params, &[], true)
         .map_err(|e| format!("classify refused it: {e}"))?;
     let mut wrong = Vec::new();
@@ -332,22 +337,7 @@ fn one_reading_of_the_path_equals_two() {
         for (method, raw, query) in &paths {
             let method = Method::from_bytes(method.as_bytes()).expect("method");
             let parsed = query.as_deref().map(parse_query).unwrap_or_default();
-            let params = ClassParams {
-                service: parsed
-                    .iter()
-                    .rfind(|p| p.name == "service")
-                    .map(|p| p.value.as_str()),
-                lfs_operation: None,
-                scopes: parsed
-                    .iter()
-                    .filter(|p| p.name == "scope")
-                    .map(|p| p.value.as_str())
-                    .collect(),
-                registry_params: parsed
-                    .iter()
-                    .map(|p| (p.name.as_str(), p.value.as_str()))
-                    .collect(),
-            };
+            let params = class_params(&parsed, None);
             // Reading twice, as the gateway did.
             let lenient_path = canonicalize(raw, root, false);
             let strict_twice = canonicalize(raw, root, true).and_then(|p| {

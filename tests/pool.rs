@@ -33,6 +33,11 @@ async fn gateway(upstream_url: &str, extra_yaml: &str) -> scopegate::Running {
     scopegate::start(config).await.expect("gateway starts")
 }
 
+/// `GET url` through `http`; the transport must not fail (the statuses are each test's).
+async fn get(http: &reqwest::Client, url: String) -> reqwest::Response {
+    http.get(url).send().await.expect("send")
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -235,19 +240,11 @@ async fn one_upstream_connection_serves_many_sequential_requests() {
         assert_eq!(uri.to_string(), format!("/len/{i}?q={i}"));
         assert_eq!(host.as_deref(), Some("gitlab.example"));
 
-        let r = http
-            .get(format!("{base}/chunked"))
-            .send()
-            .await
-            .expect("send");
+        let r = get(&http, format!("{base}/chunked")).await;
         assert_eq!(r.text().await.expect("body"), "one,two,three");
         let r = http.head(format!("{base}/len")).send().await.expect("send");
         assert_eq!(r.status(), 200);
-        let r = http
-            .get(format!("{base}/empty"))
-            .send()
-            .await
-            .expect("send");
+        let r = get(&http, format!("{base}/empty")).await;
         assert_eq!(r.status(), 204);
         let r = http
             .post(format!("{base}/len/post"))
@@ -296,11 +293,7 @@ async fn parallel_requests_get_their_own_answers() {
             let http = client();
             for i in 0..25 {
                 let path = format!("/len/{worker}/{i}");
-                let r = http
-                    .get(format!("{base}{path}"))
-                    .send()
-                    .await
-                    .expect("send");
+                let r = get(&http, format!("{base}{path}")).await;
                 assert_eq!(r.status(), 200);
                 let text = r.text().await.expect("body");
                 assert!(text.ends_with(&format!(" {path}")), "{text} for {path}");
@@ -326,11 +319,7 @@ async fn a_response_dropped_before_its_end_closes_its_connection() {
     let gw = gateway(&up.url, "").await;
     let http = client();
     let base = format!("http://{}", gw.addr);
-    let mut r = http
-        .get(format!("{base}/stall"))
-        .send()
-        .await
-        .expect("send");
+    let mut r = get(&http, format!("{base}/stall")).await;
     assert_eq!(r.status(), 200);
     let first = tokio::time::timeout(PATIENCE, r.chunk())
         .await
@@ -340,11 +329,7 @@ async fn a_response_dropped_before_its_end_closes_its_connection() {
     drop(r);
     up.closed(1).await;
 
-    let r = http
-        .get(format!("{base}/len/after"))
-        .send()
-        .await
-        .expect("send");
+    let r = get(&http, format!("{base}/len/after")).await;
     assert_eq!(r.text().await.expect("body"), "conn 2 /len/after");
     assert_eq!(up.accepted(), 2);
     gw.shutdown().await;
@@ -358,11 +343,7 @@ async fn a_response_cut_by_the_idle_timeout_closes_its_connection() {
     let gw = gateway(&up.url, "limits:\n  idle_timeout: 300ms\n").await;
     let http = client();
     let base = format!("http://{}", gw.addr);
-    let r = http
-        .get(format!("{base}/stall"))
-        .send()
-        .await
-        .expect("send");
+    let r = get(&http, format!("{base}/stall")).await;
     assert_eq!(r.status(), 200);
     let body = tokio::time::timeout(PATIENCE, r.bytes())
         .await
@@ -373,11 +354,7 @@ async fn a_response_cut_by_the_idle_timeout_closes_its_connection() {
     );
     up.closed(1).await;
 
-    let r = http
-        .get(format!("{base}/len/after"))
-        .send()
-        .await
-        .expect("send");
+    let r = get(&http, format!("{base}/len/after")).await;
     assert_eq!(r.text().await.expect("body"), "conn 2 /len/after");
     gw.shutdown().await;
 }
@@ -551,11 +528,7 @@ async fn http2_clients_are_forwarded_over_pooled_http1_connections() {
         .expect("client");
     let authority = format!("127.0.0.1:{}", gw.addr.port());
     for i in 0..5 {
-        let r = http
-            .get(format!("https://{authority}/len/h2/{i}"))
-            .send()
-            .await
-            .expect("send");
+        let r = get(&http, format!("https://{authority}/len/h2/{i}")).await;
         assert_eq!(r.version(), reqwest::Version::HTTP_2);
         assert_eq!(r.text().await.expect("body"), format!("conn 1 /len/h2/{i}"));
         let Seen::Request { uri, host, .. } = up.next_request().await else {

@@ -93,7 +93,9 @@ impl fmt::Display for RequestId {
 }
 
 /// Counts the request body's bytes as they are read, whichever phase reads them (the
-/// inspector, the multipart scanner, the forwarder). One atomic add per chunk.
+/// inspector, the multipart scanner, the forwarder). One atomic add per chunk. By hand rather
+/// than `BodyExt::map_frame`: that combinator drops the body's size hint, from which the
+/// forwarder's HTTP/1.1 client picks `Content-Length` or chunked framing.
 struct CountingRequest {
     inner: hyper::body::Incoming,
     count: Arc<AtomicU64>,
